@@ -1,0 +1,183 @@
+"""CIFAR-10 decoded once into uint8 tensors, with batch augmentation that runs on any device.
+
+Two layouts are accepted: torchvision's (`cifar-10-batches-py`, optionally downloaded) and an
+image folder (`train/<class>/*.png`, `test/<class>/*.png`, sorted folder names = label order).
+Decoding 60,000 PNGs costs tens of seconds, so the arrays are cached as one .npz file.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .artifacts import atomic_path
+from .errors import PipelineError
+
+# The reference normalizes with ImageNet statistics; we keep them so checkpoints stay comparable.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+CIFAR10_COUNTS = {"train": 50_000, "test": 10_000}
+NUM_CLASSES = 10
+PADDING = 4
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "eager2trt"
+
+
+@dataclass
+class Split:
+    """Images as uint8 NCHW and labels as int64, on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, n: Optional[int]) -> "Split":
+        """The first `n` samples of a fixed random permutation (all of them when n is None)."""
+        if n is None or n >= len(self.labels):
+            return self
+        idx = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(0))[:n]
+        return Split(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _layout_help(root: Path) -> str:
+    return (f"expected either torchvision's layout ({root}/cifar-10-batches-py, use --download where the "
+            f"internet is reachable) or an image folder ({root}/train/<class>/*.png with 50,000 images and "
+            f"{root}/test/<class>/*.png with 10,000)")
+
+
+def _image_folder_files(root: Path, split: str) -> tuple[list[Path], list[int]]:
+    class_dirs = sorted(d for d in (root / split).iterdir() if d.is_dir())
+    files, labels = [], []
+    for label, d in enumerate(class_dirs):
+        found = sorted(d.glob("*.png"))
+        files += found
+        labels += [label] * len(found)
+    return files, labels
+
+
+def _check_counts(root: Path, counts: dict, classes: dict, strict: bool) -> None:
+    expected = CIFAR10_COUNTS if strict else {s: 1 for s in CIFAR10_COUNTS}
+    bad = [s for s in expected if counts.get(s, 0) < expected[s] or (strict and counts[s] != expected[s])]
+    bad += [s for s in classes if classes[s] != NUM_CLASSES and s not in bad]
+    if bad:
+        found = ", ".join(f"{s}: {counts.get(s, 0)} images in {classes.get(s, 0)} classes" for s in expected)
+        raise PipelineError(f"CIFAR-10 under {root} is incomplete (found {found}); {_layout_help(root)}")
+
+
+def _decode_image_folder(root: Path, strict: bool) -> dict[str, Split]:
+    from PIL import Image
+
+    listing = {s: _image_folder_files(root, s) for s in CIFAR10_COUNTS}
+    _check_counts(root, {s: len(v[0]) for s, v in listing.items()},
+                  {s: len(set(v[1])) for s, v in listing.items()}, strict)
+    splits = {}
+    for split, (files, labels) in listing.items():
+        images = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
+        for i, f in enumerate(tqdm(files, desc=f"decoding {split} PNGs", unit="img", mininterval=1.0)):
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert("RGB"))
+            if arr.shape != (32, 32, 3):
+                raise PipelineError(f"{f} is {arr.shape[1]}x{arr.shape[0]}, not a 32x32 CIFAR-10 image; "
+                                    f"replace the data with the original CIFAR-10")
+            images[i] = arr
+        splits[split] = _to_split(images, np.asarray(labels))
+    return splits
+
+
+def _to_split(images_nhwc: np.ndarray, labels) -> Split:
+    images = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+    return Split(images, torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+
+
+def _load_torchvision(root: Path, download: bool) -> dict[str, Split]:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        return {s: _to_split(ds.data, ds.targets) for s in CIFAR10_COUNTS
+                for ds in [CIFAR10(str(root), train=(s == "train"), download=download)]}
+    except RuntimeError as exc:  # torchvision raises RuntimeError for missing or corrupt batches
+        raise PipelineError(f"CIFAR-10 under {root} could not be read ({exc}); {_layout_help(root)}") from None
+
+
+def _cache_path(root: Path, cache_dir: Path) -> Path:
+    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    return cache_dir / f"cifar10-{key}.npz"
+
+
+def load_cifar10(root: Path, download: bool = False, cache_dir: Optional[Path] = DEFAULT_CACHE_DIR,
+                 strict: bool = True) -> dict[str, Split]:
+    """Load both splits as uint8 tensors, decoding an image folder once and caching it."""
+    root = Path(root)
+    if (root / "cifar-10-batches-py").is_dir() or download:
+        return _load_torchvision(root, download)
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        raise PipelineError(f"no CIFAR-10 found under {root}; {_layout_help(root)}")
+    cache = _cache_path(root, Path(cache_dir)) if cache_dir else None
+    if cache and cache.exists():
+        try:
+            with np.load(cache) as z:
+                splits = {s: _to_split(z[f"{s}_x"], z[f"{s}_y"]) for s in CIFAR10_COUNTS}
+            _check_counts(root, {s: len(v) for s, v in splits.items()},
+                          {s: len(torch.unique(v.labels)) for s, v in splits.items()}, strict)
+            return splits
+        except (OSError, KeyError, ValueError, PipelineError):
+            pass  # stale or corrupt cache: decode again and overwrite it
+    splits = _decode_image_folder(root, strict)
+    if cache:
+        try:
+            with atomic_path(cache) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **{f"{s}_x": v.images.permute(0, 2, 3, 1).numpy() for s, v in splits.items()},
+                             **{f"{s}_y": v.labels.numpy() for s, v in splits.items()})
+        except PipelineError:
+            pass  # an unwritable cache only costs time on the next run
+    return splits
+
+
+def normalize(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float32 normalized with the reference's mean and std."""
+    mean = torch.tensor(MEAN, device=images_u8.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images_u8.device).view(1, 3, 1, 1)
+    return (images_u8.float() / 255.0 - mean) / std
+
+
+def augment(images_u8: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """RandomCrop(32, padding=4) + RandomHorizontalFlip on a whole uint8 batch, in one gather.
+
+    Same distribution as torchvision's per-image transforms (zero padding, p=0.5 flip), but done
+    as tensor ops so it runs where the data lives, GPU included.
+    """
+    n, c, h, w = images_u8.shape
+    dev = images_u8.device
+    padded = torch.nn.functional.pad(images_u8, (PADDING,) * 4)
+    dy = torch.randint(0, 2 * PADDING + 1, (n, 1), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * PADDING + 1, (n, 1), device=dev, generator=generator)
+    flip = torch.rand((n, 1), device=dev, generator=generator) < 0.5
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    rows = dy + ar_h
+    cols = dx + torch.where(flip, w - 1 - ar_w, ar_w)
+    return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def iterate_batches(split: Split, batch_size: int, shuffle: bool = False, train_augment: bool = False,
+                    generator: Optional[torch.Generator] = None):
+    """Yield normalized float batches and labels; the last partial batch is kept, as DataLoader does."""
+    n = len(split)
+    order = (torch.randperm(n, device=split.images.device, generator=generator) if shuffle
+             else torch.arange(n, device=split.images.device))
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        x = split.images[idx]
+        if train_augment:
+            x = augment(x, generator)
+        yield normalize(x), split.labels[idx]

@@ -1,0 +1,153 @@
+"""Train (or load) ResNet on CIFAR-10, quantize it in eager mode, export FP32/INT8 ONNX and TorchScript."""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from eager2trt import paths
+from eager2trt.artifacts import atomic_path, ensure_writable_dir, update_metrics
+from eager2trt.data import iterate_batches, load_cifar10
+from eager2trt.errors import PipelineError, run_cli
+from eager2trt.export import export_onnx, export_torchscript
+from eager2trt.model import ACTIVATION_DTYPES, ARCHS, OBSERVERS, build_model, fuse, load_state_dict, quantize
+from eager2trt.timing import environment, measure
+from eager2trt.train import Recipe, evaluate, train
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=paths.DATA_DIR,
+                   help="CIFAR-10 root: torchvision layout or train/ and test/ image folders")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 through torchvision")
+    p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR, help="where every artifact goes")
+    p.add_argument("--arch", default="resnet18", help=f"one of {', '.join(ARCHS)}")
+    p.add_argument("--checkpoint", type=Path, help="start from this FP32 state_dict and skip training")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--milestones", type=int, nargs="+", default=[100, 150], help="MultiStepLR epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=1, help="write the resumable training state every N epochs")
+    p.add_argument("--train-subset", type=int, help="train on this many images only (short CPU runs)")
+    p.add_argument("--no-fast", action="store_true",
+                   help="on CUDA, train in plain FP32 eager mode (no channels_last, bf16, compile)")
+    p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
+                   help="torch.compile mode for CUDA training; 'none' to run eagerly")
+    p.add_argument("--activation-dtype", default="quint8", help=f"one of {', '.join(ACTIVATION_DTYPES)}")
+    p.add_argument("--calibration", default="minmax", help=f"activation observer: {', '.join(OBSERVERS)}")
+    p.add_argument("--calib-batches", type=int, help="calibrate on this many training batches (default: all)")
+    p.add_argument("--engine", default="x86", help="quantized CPU engine (x86, fbgemm, onednn, qnnpack)")
+    p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs per latency figure")
+    return p
+
+
+def validate(args) -> None:
+    """Reject bad options before any long work starts."""
+    if args.epochs < 0:
+        raise PipelineError(f"--epochs must be 0 or more, got {args.epochs}")
+    if args.save_every <= 0:
+        raise PipelineError(f"--save-every must be positive, got {args.save_every}")
+    if args.train_subset is not None and args.train_subset <= 0:
+        raise PipelineError(f"--train-subset must be positive, got {args.train_subset}")
+    if args.calib_batches is not None and args.calib_batches <= 0:
+        raise PipelineError(f"--calib-batches must be positive, got {args.calib_batches}")
+    if args.arch not in ARCHS:
+        raise PipelineError(f"unknown --arch {args.arch!r}; choose one of {', '.join(ARCHS)}")
+    if args.activation_dtype not in ACTIVATION_DTYPES:
+        raise PipelineError(f"unknown --activation-dtype {args.activation_dtype!r}; choose one of "
+                            f"{', '.join(ACTIVATION_DTYPES)}")
+    if args.calibration not in OBSERVERS:
+        raise PipelineError(f"unknown --calibration {args.calibration!r}; choose one of {', '.join(OBSERVERS)}")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass the path of a saved FP32 state_dict")
+    ensure_writable_dir(args.output_dir)
+
+
+def get_fp32_model(args, data) -> tuple[torch.nn.Module, dict]:
+    """Load the checkpoint, or train with the reference recipe and save the FP32 state_dict."""
+    model = build_model(args.arch)
+    if args.checkpoint is not None:
+        return load_state_dict(model, args.checkpoint, args.arch), {"checkpoint": str(args.checkpoint)}
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                    weight_decay=args.weight_decay, milestones=tuple(args.milestones), seed=args.seed,
+                    fast=not args.no_fast, compile_mode=None if args.compile_mode == "none" else args.compile_mode)
+    state_path = args.output_dir / paths.TRAIN_STATE
+    history = train(model, data["train"].subset(args.train_subset), data["test"], recipe, state_path=state_path,
+                    save_every=args.save_every)
+    model.cpu()
+    with atomic_path(args.output_dir / paths.FP32_STATE) as tmp:
+        torch.save(model.state_dict(), tmp)
+    state_path.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
+    return model, {"epochs": history.epochs, "train_seconds": history.train_seconds,
+                   "recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__}}
+
+
+def calibration_batches(data, args):
+    """Un-augmented training images, as many batches as --calib-batches allows."""
+    for i, (x, _) in enumerate(iterate_batches(data["train"], args.batch_size)):
+        if args.calib_batches is not None and i >= args.calib_batches:
+            return
+        yield x
+
+
+def latencies(fp32, int8, int8_ts, runs: int) -> dict:
+    """Batch-1 median latencies in ms: FP32/INT8/TorchScript CPU at 1 and default threads, FP32 CUDA."""
+    x = torch.randn(1, 3, 32, 32)
+    default_threads = torch.get_num_threads()
+    out = {}
+    with torch.no_grad():
+        for threads in sorted({1, default_threads}):
+            torch.set_num_threads(threads)
+            for name, m in (("fp32_cpu", fp32), ("int8_cpu", int8), ("int8_torchscript_cpu", int8_ts)):
+                out[f"{name}_{threads}t"] = measure(lambda: m(x), runs=runs)["median_ms"]
+        torch.set_num_threads(default_threads)
+        if torch.cuda.is_available():
+            gpu_model, xg = fp32.cuda(), x.cuda()
+            out["fp32_cuda"] = measure(lambda: gpu_model(xg), runs=runs, sync=torch.cuda.synchronize)["median_ms"]
+            fp32.cpu()
+    return out
+
+
+def main(args) -> dict:
+    validate(args)
+    t_start = time.perf_counter()
+    data = load_cifar10(args.data_dir, download=args.download)
+    fp32, training = get_fp32_model(args, data)
+    fp32.eval().cpu()
+    export_onnx(fp32, args.output_dir / paths.FP32_ONNX)
+    fused, fuse_err = fuse(fp32)
+    print(f"fusion check: max abs difference {fuse_err:.3g} (rtol 1e-3, atol 1e-6): OK")
+    int8 = quantize(fused, calibration_batches(data, args), args.activation_dtype, args.calibration, args.engine)
+    export_onnx(int8, args.output_dir / paths.INT8_ONNX)
+    int8_ts = export_torchscript(int8, args.output_dir / paths.INT8_TORCHSCRIPT)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fp32_acc = evaluate(fp32.to(device), data["test"].to(device))
+    fp32.cpu()
+    int8_acc = evaluate(int8, data["test"])
+    lat = latencies(fp32, int8, int8_ts, args.latency_runs)
+    report(fp32_acc, int8_acc, lat)
+    metrics = {"arch": args.arch, "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
+               "fusion_max_abs_diff": fuse_err, "latency_batch1_ms": lat, "activation_dtype": args.activation_dtype,
+               "calibration": args.calibration, "calib_batches": args.calib_batches, "seed": args.seed,
+               "environment": environment(), "training": training, "wall_seconds": time.perf_counter() - t_start,
+               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    update_metrics(args.output_dir / paths.METRICS, "pytorch", metrics)
+    print(f"wrote {args.output_dir / paths.METRICS}")
+    return metrics
+
+
+def report(fp32_acc: float, int8_acc: float, lat: dict) -> None:
+    """Print accuracy and latency in the reference's format."""
+    print(f"FP32 evaluation accuracy: {fp32_acc:.3f}")
+    print(f"INT8 evaluation accuracy: {int8_acc:.3f}")
+    for name, ms in lat.items():
+        print(f"{name} inference latency: {ms:.2f} ms")
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
