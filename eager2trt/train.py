@@ -85,7 +85,7 @@ def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, recipe: Recipe
     """One SGD step as a function of a normalized batch; on CUDA with `recipe.fast`, channels_last,
     bf16 autocast and torch.compile (the optimizer, fused, stays outside the compiled graph)."""
     fast = recipe.fast and device.type == "cuda"
-    forward = torch.compile(model, mode=recipe.compile_mode) if fast and recipe.compile_mode else model
+    forward = torch.compile(model, mode=recipe.compile_mode, dynamic=False) if fast and recipe.compile_mode else model
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(x: torch.Tensor, y: torch.Tensor):
