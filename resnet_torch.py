@@ -39,7 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
                    help="torch.compile mode for CUDA training; 'none' to run eagerly")
     p.add_argument("--activation-dtype", default="quint8", help=f"one of {', '.join(ACTIVATION_DTYPES)}")
-    p.add_argument("--calibration", default="minmax", help=f"activation observer: {', '.join(OBSERVERS)}")
+    p.add_argument("--calibration", default="histogram",
+                   help=f"activation observer: {', '.join(OBSERVERS)} (minmax is the reference's)")
     p.add_argument("--calib-batches", type=int, help="calibrate on this many training batches (default: all)")
     p.add_argument("--engine", default="x86", help="quantized CPU engine (x86, fbgemm, onednn, qnnpack)")
     p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs per latency figure")

@@ -66,7 +66,7 @@ def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0) -> tuple[to
     return fused, max_abs
 
 
-def qconfig(activation_dtype: str = "quint8", calibration: str = "minmax") -> tq.QConfig:
+def qconfig(activation_dtype: str = "quint8", calibration: str = "histogram") -> tq.QConfig:
     """Per-channel symmetric int8 weights in [-127, 127]; per-tensor symmetric activations.
 
     quint8 symmetric activations have zero point 128 and the same scale as qint8 symmetric ones,
@@ -96,7 +96,7 @@ def select_engine(preferred: str = "x86") -> str:
 
 
 def quantize(fused: torch.nn.Module, calib_batches: Iterable[torch.Tensor], activation_dtype: str = "quint8",
-             calibration: str = "minmax", engine: str = "x86") -> torch.nn.Module:
+             calibration: str = "histogram", engine: str = "x86") -> torch.nn.Module:
     """Prepare, calibrate on `calib_batches` (float NCHW) and convert a fused FP32 model to INT8."""
     engine = select_engine(engine)
     model = copy.deepcopy(fused).eval().cpu()

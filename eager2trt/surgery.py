@@ -1,0 +1,169 @@
+"""Q/DQ graph rewrites that make a PyTorch-exported INT8 ONNX model acceptable to TensorRT.
+
+Each rewrite is one function that finds its pattern by graph structure (producers and consumers,
+never node names), changes the graph in place and returns how many places it changed.
+TensorRT's explicit-quantization rules behind them: symmetric int8 Q/DQ only (zero point 0), no
+integer tensors other than Q outputs feeding DQ, and DQ inputs of activation types only.
+(TensorRT 10 developer guide, "Working with Quantized Types"; ONNX QuantizeLinear/DequantizeLinear-13.)
+"""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import PipelineError
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+# Ops whose bias may arrive as an int32 DequantizeLinear; input index 2 is the bias for both.
+BIAS_CONSUMERS = {"Conv": 2, "Gemm": 2}
+ONNX_DTYPES = {np.dtype(np.uint8): onnx.TensorProto.UINT8, np.dtype(np.int8): onnx.TensorProto.INT8}
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file, turning every failure into one sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path} does not exist; run resnet_torch.py first or pass --input")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, checker ValidationError, truncated files
+        raise PipelineError(f"{path} is not a valid ONNX model ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}); re-export it") from None
+    if not model.graph.node:
+        raise PipelineError(f"{path} holds an empty ONNX graph; re-export the model")
+    return model
+
+
+def op_counts(graph: gs.Graph) -> Counter:
+    return Counter(node.op for node in graph.nodes)
+
+
+def _is_qdq(node: gs.Node) -> bool:
+    return node.op in QDQ
+
+
+def _zero_point(node: gs.Node):
+    """The node's zero point as a Constant, or None if it is absent (ONNX then means uint8 0)."""
+    return node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+
+
+def _q_output_dtype(q: gs.Node) -> np.dtype:
+    zp = _zero_point(q)
+    return np.dtype(zp.values.dtype) if isinstance(zp, gs.Constant) else np.dtype(np.uint8)
+
+
+def fold_constant_inputs(graph: gs.Graph) -> int:
+    """Fold Constant, ConstantOfShape and Cast chains (zero points) into initializers; Q/DQ are kept."""
+    before = len(graph.nodes)
+    graph.fold_constants(should_exclude_node=_is_qdq).cleanup()
+    return before - len(graph.nodes)
+
+
+def remove_qdq_casts(graph: gs.Graph) -> int:
+    """Remove Casts between QuantizeLinear and DequantizeLinear that only restate the Q output type."""
+    changed = 0
+    for cast in [n for n in graph.nodes if n.op == "Cast"]:
+        src = cast.inputs[0]
+        if len(src.inputs) != 1 or src.inputs[0].op != "QuantizeLinear":
+            continue
+        consumers = list(cast.outputs[0].outputs)
+        if not consumers or any(c.op != "DequantizeLinear" for c in consumers):
+            continue
+        if ONNX_DTYPES.get(_q_output_dtype(src.inputs[0])) != cast.attrs.get("to"):
+            continue  # a real type change: removing it would alter the model
+        for dq in consumers:
+            dq.inputs[0] = src
+        cast.outputs.clear()
+        changed += 1
+    return changed
+
+
+def _asymmetric(nodes: list) -> PipelineError:
+    names = ", ".join(f"{n.name or '?'} ({n.op}, zero point {np.unique(_zero_point(n).values)[:3].tolist()})"
+                      for n in nodes[:5])
+    more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
+    return PipelineError(f"TensorRT supports symmetric quantization only, but {names}{more} have non-zero zero "
+                         f"points that cannot be mapped exactly to int8 zero point 0; quantize activations with "
+                         f"torch.per_tensor_symmetric (quint8 zero point 128 or qint8 zero point 0)")
+
+
+def int8_zero_points(graph: gs.Graph) -> int:
+    """Map uint8 zero point 128 Q/DQ to int8 zero point 0 (exact: q_s8 = q_u8 - 128).
+
+    Raises, naming the nodes, for any other non-zero zero point or a missing one.
+    """
+    replaced: dict[str, gs.Constant] = {}  # one int8 tensor per original zero point, so shared names stay unique
+    bad, changed = [], 0
+    for node in [n for n in graph.nodes if _is_qdq(n)]:
+        zp = _zero_point(node)
+        if not isinstance(zp, gs.Constant):
+            bad.append(node) if zp is not None else None
+            continue
+        values = zp.values
+        if values.dtype == np.int8 and not values.any():
+            continue
+        if values.dtype != np.uint8 or not (values == 128).all():
+            bad.append(node)
+            continue
+        if zp.name not in replaced:
+            replaced[zp.name] = gs.Constant(f"{zp.name}_int8", np.zeros(values.shape, dtype=np.int8))
+        node.inputs[2] = replaced[zp.name]
+        data = node.inputs[0]
+        if node.op == "DequantizeLinear" and isinstance(data, gs.Constant):
+            node.inputs[0] = gs.Constant(f"{data.name}_int8", (data.values.astype(np.int16) - 128).astype(np.int8))
+        if node.op == "QuantizeLinear":
+            node.outputs[0].dtype = np.int8
+        changed += 1
+    if bad:
+        raise _asymmetric(bad)
+    return changed
+
+
+def fold_bias_dequantize(graph: gs.Graph) -> int:
+    """Replace int32 bias DequantizeLinear on Conv/Gemm with the float32 constant it computes."""
+    changed = 0
+    for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
+        data, scale = dq.inputs[0], dq.inputs[1]
+        zp = _zero_point(dq)
+        if not (isinstance(data, gs.Constant) and data.values.dtype == np.int32 and isinstance(scale, gs.Constant)):
+            continue
+        out = dq.outputs[0]
+        if not out.outputs or any(BIAS_CONSUMERS.get(c.op) != c.inputs.index(out) for c in out.outputs):
+            continue
+        offset = zp.values.astype(np.float64) if isinstance(zp, gs.Constant) else 0.0
+        # float64 arithmetic, float32 storage: TensorRT warns on (and down-casts) float64 weights
+        values = ((data.values.astype(np.float64) - offset) * scale.values.astype(np.float64)).astype(np.float32)
+        dq.outputs.clear()
+        out.to_constant(values)
+        changed += 1
+    return changed
+
+
+# bias folding runs before the zero-point mapping: int32 bias zero points are not activation zero points
+REWRITES = (fold_constant_inputs, remove_qdq_casts, fold_bias_dequantize, int8_zero_points)
+
+
+def make_tensorrt_ready(model: onnx.ModelProto, allow_fp32: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """Apply every rewrite, clean up, sort and fully check the result; return it with a report."""
+    graph = gs.import_onnx(model)
+    before = op_counts(graph)
+    if not any(op in before for op in QDQ) and not allow_fp32:
+        raise PipelineError("the model has no QuantizeLinear/DequantizeLinear nodes: nothing to quantize; export "
+                            "the INT8 model from resnet_torch.py, or pass --allow-fp32 to pass it through")
+    counts = {}
+    for rewrite in REWRITES:
+        counts[rewrite.__name__] = rewrite(graph)
+        graph.cleanup()  # drop what the rewrite disconnected before the next one pattern-matches
+    graph.toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise PipelineError(f"the rewritten graph fails onnx.checker ({str(exc).splitlines()[0][:160]}); "
+                            f"please report this model") from None
+    return out, {"rewrites": counts, "ops_before": dict(before), "ops_after": dict(op_counts(graph))}
