@@ -1,0 +1,60 @@
+"""FP16 ONNX for strongly typed TensorRT (11 has no --fp16): onnxconverter-common, float32 I/O kept."""
+
+import argparse
+from pathlib import Path
+
+import onnx
+
+from . import paths
+from .artifacts import atomic_path
+from .errors import run_cli
+from .surgery import load_onnx
+
+FP16_ACCURACY_TOLERANCE = 0.001  # 0.1 points of test accuracy
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Convert weights and compute to float16 while keeping float32 input and output for users."""
+    import warnings
+
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one warning per tiny weight clamped to float16's range
+        return float16.convert_float_to_float16(model, keep_io_types=True)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eager2trt.fp16", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.FP32_ONNX)
+    p.add_argument("--output", type=Path, default=paths.OUTPUT_DIR / paths.FP16_ONNX)
+    p.add_argument("--data-dir", type=Path, help="check FP16 accuracy against FP32 on the CIFAR-10 test set")
+    return p
+
+
+def main(args) -> dict:
+    fp32 = load_onnx(args.input)
+    fp16 = to_fp16(fp32)
+    result = {}
+    if args.data_dir is not None:
+        from .data import load_cifar10
+        from .errors import PipelineError
+        from .verify import ort_accuracy
+
+        test = load_cifar10(args.data_dir)["test"]
+        acc32, _ = ort_accuracy(fp32, test)
+        acc16, _ = ort_accuracy(fp16, test)
+        print(f"accuracy in onnxruntime: FP32 {acc32:.4f}, FP16 {acc16:.4f} (tolerance {FP16_ACCURACY_TOLERANCE:.3f})")
+        result = {"fp32_onnx_accuracy": acc32, "fp16_onnx_accuracy": acc16}
+        if abs(acc32 - acc16) > FP16_ACCURACY_TOLERANCE:
+            raise PipelineError(f"FP16 ONNX accuracy {acc16:.4f} differs from FP32 {acc32:.4f} by more than "
+                                f"0.1 points; keep sensitive layers in FP32 (e.g. ModelOpt AutoCast)")
+    with atomic_path(args.output) as tmp:
+        onnx.save(fp16, str(tmp))
+    print(f"wrote {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
