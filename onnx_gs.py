@@ -14,7 +14,7 @@ from eager2trt.artifacts import atomic_path, ensure_writable_dir, update_metrics
 from eager2trt.errors import PipelineError, run_cli
 from eager2trt.lint import as_json, lint, print_lint
 from eager2trt.surgery import load_onnx, make_tensorrt_ready
-from eager2trt.verify import EQUIVALENCE_ATOL, equivalence, random_batches, test_batches
+from eager2trt.verify import EQUIVALENCE_ATOL, equivalence, input_shape, random_batches, test_batches
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def verify(original: onnx.ModelProto, modified: onnx.ModelProto, args) -> dict:
     print("TensorRT explicit-quantization lint:")
     findings = lint(modified)
     lint_ok = print_lint(findings)
-    batches = random_batches()
+    batches = random_batches(shape=input_shape(original))
     if args.data_dir is not None:
         from eager2trt.data import load_cifar10
         batches += test_batches(load_cifar10(args.data_dir)["test"])

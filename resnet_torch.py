@@ -12,6 +12,7 @@ from eager2trt.artifacts import atomic_path, ensure_writable_dir, update_metrics
 from eager2trt.data import iterate_batches, load_cifar10
 from eager2trt.errors import PipelineError, run_cli
 from eager2trt.export import export_onnx, export_torchscript
+from eager2trt.report import plot_training
 from eager2trt.model import ACTIVATION_DTYPES, ARCHS, OBSERVERS, build_model, fuse, load_state_dict, quantize
 from eager2trt.timing import environment, measure
 from eager2trt.train import Recipe, evaluate, train
@@ -36,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, help="train on this many images only (short CPU runs)")
     p.add_argument("--no-fast", action="store_true",
                    help="on CUDA, train in plain FP32 eager mode (no channels_last, bf16, compile)")
-    p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
+    p.add_argument("--compile-mode", default="reduce-overhead",
                    help="torch.compile mode for CUDA training; 'none' to run eagerly")
     p.add_argument("--activation-dtype", default="quint8", help=f"one of {', '.join(ACTIVATION_DTYPES)}")
     p.add_argument("--calibration", default="histogram",
@@ -84,6 +85,8 @@ def get_fp32_model(args, data) -> tuple[torch.nn.Module, dict]:
     with atomic_path(args.output_dir / paths.FP32_STATE) as tmp:
         torch.save(model.state_dict(), tmp)
     state_path.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
+    if history.epochs:
+        plot_training(history.epochs, args.output_dir / "training_curve.png")
     return model, {"epochs": history.epochs, "train_seconds": history.train_seconds,
                    "recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__}}
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eager2trt import paths  # noqa: E402
 from eager2trt.artifacts import write_json  # noqa: E402
-from eager2trt.data import MEAN, STD, iterate_batches, load_cifar10  # noqa: E402
+from eager2trt.data import MEAN, STD, epoch_batches, load_cifar10  # noqa: E402
 from eager2trt.errors import run_cli  # noqa: E402
 from eager2trt.model import build_model  # noqa: E402
 from eager2trt.timing import environment  # noqa: E402
@@ -65,7 +65,7 @@ def fast_batches(split, batch_size: int):
     gen = torch.Generator(device="cuda").manual_seed(0)
     split = split.to("cuda")
     while True:
-        yield from iterate_batches(split, batch_size, shuffle=True, train_augment=True, generator=gen)
+        yield from epoch_batches(split, batch_size, gen)
 
 
 def time_variant(name: str, split, args) -> dict:

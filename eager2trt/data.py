@@ -181,3 +181,16 @@ def iterate_batches(split: Split, batch_size: int, shuffle: bool = False, train_
         if train_augment:
             x = augment(x, generator)
         yield normalize(x), split.labels[idx]
+
+
+def epoch_batches(split: Split, batch_size: int, generator: Optional[torch.Generator] = None):
+    """One training epoch: shuffle and augment every image in one pass, then yield uint8 batch views.
+
+    Same samples and augmentation distribution as per-batch augmentation, with two launches per epoch
+    instead of a dozen per step (airbench's habit).
+    """
+    order = torch.randperm(len(split), device=split.images.device, generator=generator)
+    images = augment(split.images[order], generator)
+    labels = split.labels[order]
+    for start in range(0, len(split), batch_size):
+        yield images[start:start + batch_size], labels[start:start + batch_size]

@@ -86,7 +86,7 @@ def _asymmetric(nodes: list) -> PipelineError:
     names = ", ".join(f"{n.name or '?'} ({n.op}, zero point {np.unique(_zero_point(n).values)[:3].tolist()})"
                       for n in nodes[:5])
     more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
-    return PipelineError(f"TensorRT supports symmetric quantization only, but {names}{more} have non-zero zero "
+    return PipelineError(f"TensorRT supports symmetric quantization only, but {names}{more} have zero "
                          f"points that cannot be mapped exactly to int8 zero point 0; quantize activations with "
                          f"torch.per_tensor_symmetric (quint8 zero point 128 or qint8 zero point 0)")
 
@@ -104,8 +104,8 @@ def int8_zero_points(graph: gs.Graph) -> int:
             bad.append(node) if zp is not None else None
             continue
         values = zp.values
-        if values.dtype == np.int8 and not values.any():
-            continue
+        if values.dtype in (np.int8, np.int32) and not values.any():
+            continue  # already symmetric int8; int32 is a bias zero point, left to fold_bias_dequantize and lint
         if values.dtype != np.uint8 or not (values == 128).all():
             bad.append(node)
             continue

@@ -51,9 +51,19 @@ def test_batches(split: Split, batch_size: int = 500, limit: Optional[int] = Non
     return batches[:limit] if limit else batches
 
 
-def random_batches(n: int = 4, batch_size: int = 8, seed: int = 0) -> list:
+def input_shape(model: onnx.ModelProto, batch_size: int = 8) -> list[int]:
+    """The first graph input's shape, a symbolic batch dimension replaced by `batch_size`."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else (batch_size if i == 0 else None) for i, d in enumerate(dims)]
+    if None in shape:
+        raise PipelineError(f"input {model.graph.input[0].name} has symbolic non-batch dimensions {shape}; "
+                            f"export the model with a fixed image size")
+    return shape
+
+
+def random_batches(n: int = 4, shape: tuple = (8, 3, 32, 32), seed: int = 0) -> list:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch_size, 3, 32, 32, generator=gen).numpy() for _ in range(n)]
+    return [torch.randn(*shape, generator=gen).numpy() for _ in range(n)]
 
 
 def equivalence(original: onnx.ModelProto, modified: onnx.ModelProto, batches: list,

@@ -1,0 +1,285 @@
+"""What did INT8 buy me here? Batch-1 and batch-128 inference, every backend this machine has, one run.
+
+PyTorch FP32 / INT8 (our scheme) / INT8 TorchScript on the CPU at 1 and the default thread count, the
+reference's scheme (qint8 activations, qnnpack) where this build runs it, onnxruntime FP32 and Q/DQ,
+CUDA FP32/FP16 eager and CUDA-graph replay, TensorRT engines when present; peak memory and file sizes.
+Writes saved_models/benchmark.{json,md,png} and prints the table last.
+"""
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eager2trt import paths  # noqa: E402
+from eager2trt.artifacts import atomic_path, write_json  # noqa: E402
+from eager2trt.errors import PipelineError, run_cli  # noqa: E402
+from eager2trt.export import export_onnx, export_torchscript  # noqa: E402
+from eager2trt.model import build_model, fuse, load_state_dict, quantize  # noqa: E402
+from eager2trt.timing import environment, measure  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=paths.OUTPUT_DIR / paths.FP32_STATE)
+    p.add_argument("--data-dir", type=Path, help="calibrate on real images (latency does not depend on it; "
+                                                 "without it, random calibration inputs are used)")
+    p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128])
+    p.add_argument("--runs", type=int, default=200, help="timed runs per figure at batch 1 (fewer for large batches)")
+    p.add_argument("--engines", type=Path, nargs="*", default=[paths.OUTPUT_DIR / paths.FP16_ENGINE,
+                                                               paths.OUTPUT_DIR / paths.INT8_ENGINE])
+    return p
+
+
+def calibration(args) -> list:
+    if args.data_dir is None:
+        gen = torch.Generator().manual_seed(0)
+        return [torch.randn(32, 3, 32, 32, generator=gen) for _ in range(8)]
+    from eager2trt.data import iterate_batches, load_cifar10
+
+    return [x for i, (x, _) in zip(range(16), iterate_batches(load_cifar10(args.data_dir)["train"], 128))]
+
+
+def build_artifacts(args, workdir: Path) -> dict:
+    """FP32 model, INT8 model, TorchScript and ONNX files, made fresh from the checkpoint."""
+    from eager2trt.surgery import load_onnx, make_tensorrt_ready
+    import onnx
+
+    fp32 = load_state_dict(build_model(), args.checkpoint, "resnet18").eval()
+    calib = calibration(args)
+    int8 = quantize(fuse(fp32)[0], calib)
+    files = {"fp32_state_dict": args.checkpoint, "fp32_onnx": export_onnx(fp32, workdir / paths.FP32_ONNX),
+             "int8_onnx": export_onnx(int8, workdir / paths.INT8_ONNX),
+             "int8_torchscript": workdir / paths.INT8_TORCHSCRIPT}
+    int8_ts = export_torchscript(int8, files["int8_torchscript"])
+    files["int8_onnx_modified"] = workdir / paths.INT8_ONNX_MODIFIED
+    onnx.save(make_tensorrt_ready(load_onnx(files["int8_onnx"]))[0], str(files["int8_onnx_modified"]))
+    engine = torch.backends.quantized.engine
+    try:
+        reference = quantize(fuse(fp32)[0], calib[:1], activation_dtype="qint8", engine="qnnpack")
+        ref_note = None
+    except PipelineError as exc:
+        reference, ref_note = None, str(exc)
+    finally:
+        torch.backends.quantized.engine = engine  # our INT8 model keeps running on its own engine
+    return {"fp32": fp32, "int8": int8, "int8_ts": int8_ts, "reference": reference, "reference_note": ref_note,
+            "files": files}
+
+
+def runs_for(batch: int, runs: int) -> int:
+    return max(20, runs // max(1, batch // 8))
+
+
+def cpu_rows(a: dict, batches: list, runs: int) -> list:
+    from eager2trt.verify import ort_session
+
+    rows, default_threads = [], torch.get_num_threads()
+    models = [("PyTorch eager", "FP32", a["fp32"]), ("PyTorch eager", "INT8 (ours)", a["int8"]),
+              ("PyTorch TorchScript", "INT8 (ours)", a["int8_ts"])]
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        ort = [("onnxruntime", "FP32", ort_session(a["files"]["fp32_onnx"], optimize=True, threads=threads)),
+               ("onnxruntime", "INT8 Q/DQ", ort_session(a["files"]["int8_onnx_modified"], optimize=True,
+                                                        threads=threads))]
+        for batch in batches:
+            x = torch.randn(batch, 3, 32, 32)
+            n = runs_for(batch, runs)
+            with torch.no_grad():
+                for backend, precision, m in models:
+                    rows.append(row(backend, precision, "CPU", threads, measure(lambda: m(x), runs=n, batch_size=batch)))
+                if a["reference"] is not None:
+                    rows.append(row("PyTorch eager", "INT8 (reference: qint8, qnnpack)", "CPU", threads,
+                                    measure(lambda: a["reference"](x), runs=n, batch_size=batch)))
+                elif threads == 1 and batch == batches[0]:
+                    rows.append(row("PyTorch eager", "INT8 (reference: qint8, qnnpack)", "CPU", threads, None,
+                                    note="unsupported on this build"))
+            xn = x.numpy()
+            for backend, precision, s in ort:
+                rows.append(row(backend, precision, "CPU", threads,
+                                measure(lambda: s.run(None, {"input": xn}), runs=n, batch_size=batch)))
+    torch.set_num_threads(default_threads)
+    return rows
+
+
+def cuda_rows(fp32: torch.nn.Module, batches: list, runs: int) -> list:
+    if not torch.cuda.is_available():
+        return []
+    rows = []
+    for precision, dtype in (("FP32", torch.float32), ("FP16", torch.float16)):
+        model = build_model().cuda().eval().to(dtype)
+        model.load_state_dict(fp32.state_dict())
+        for batch in batches:
+            x = torch.randn(batch, 3, 32, 32, device="cuda", dtype=dtype)
+            with torch.no_grad():
+                rows.append(row("PyTorch eager", precision, "CUDA", None,
+                                measure(lambda: model(x), runs=runs, warmup=20, sync=torch.cuda.synchronize,
+                                        batch_size=batch)))
+                graph = torch.cuda.CUDAGraph()
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):  # warm up on a side stream before capture, as PyTorch advises
+                    for _ in range(3):
+                        model(x)
+                torch.cuda.current_stream().wait_stream(stream)
+                with torch.cuda.graph(graph):
+                    model(x)
+                rows.append(row("PyTorch CUDA graph", precision, "CUDA", None,
+                                measure(graph.replay, runs=runs, warmup=20, sync=torch.cuda.synchronize,
+                                        batch_size=batch)))
+    return rows
+
+
+def tensorrt_rows(engines: list, batches: list, runs: int) -> list:
+    rows = []
+    try:
+        from eager2trt.tensorrt_runtime import Engine
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return rows
+    for path in (p for p in engines if p.is_file()):
+        engine = Engine(path)
+        lo, hi = engine.batch_range()
+        for batch in (b for b in batches if lo <= b <= hi):
+            x = torch.randn(batch, 3, 32, 32, device="cuda")
+            rows.append(row("TensorRT", path.stem.rsplit("_", 1)[-1].upper(), "CUDA", None,
+                            measure(lambda: engine(x), runs=runs, warmup=20, sync=torch.cuda.synchronize,
+                                    batch_size=batch)))
+    return rows
+
+
+def row(backend, precision, device, threads, stats, note=None) -> dict:
+    r = {"backend": backend, "precision": precision, "device": device, "threads": threads, "note": note}
+    if stats:
+        r.update(batch=stats["batch_size"], median_ms=stats["median_ms"], p99_ms=stats["p99_ms"],
+                 throughput=stats["throughput_per_s"])
+    return r
+
+
+def _rss_kib(field: str = "VmRSS") -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _peak_rss_child(kind: str, files: dict, queue) -> None:
+    torch.set_num_threads(1)
+    base = _rss_kib()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "FP32":
+            model = load_state_dict(build_model(), files["fp32_state_dict"], "resnet18").eval()
+        else:
+            model = torch.jit.load(str(files["int8_torchscript"]))
+    with torch.no_grad():
+        for _ in range(20):
+            model(torch.randn(1, 3, 32, 32))
+    queue.put((base, _rss_kib(), _rss_kib("VmHWM")))
+
+
+def peak_memory(files: dict) -> dict:
+    """Peak resident memory (MiB) of a fresh process loading and running each model, and its growth."""
+    ctx = mp.get_context("spawn")
+    out = {}
+    for kind in ("FP32", "INT8"):
+        q = ctx.Queue()
+        p = ctx.Process(target=_peak_rss_child, args=(kind, {k: str(v) for k, v in files.items()}, q))
+        p.start()
+        base, after, peak = q.get(timeout=600)
+        p.join()
+        out[kind] = {"peak_rss_mib": peak / 1024, "model_rss_mib": (after - base) / 1024}
+    return out
+
+
+def markdown(rows: list, memory: dict, sizes: dict, env: dict) -> str:
+    lines = [f"Machine: {env['cpu']} ({env['cpu_count']} cores), GPU: {env['gpu'] or 'none'}, torch {env['torch']}, "
+             f"onnxruntime {env.get('onnxruntime')}, quantized engine {env['quantized_engine']}", "",
+             "| backend | precision | device | threads | batch | median ms | p99 ms | images/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "median_ms" in r:
+            lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['threads'] or '-'} | {r['batch']} "
+                         f"| {r['median_ms']:.3f} | {r['p99_ms']:.3f} | {r['throughput']:.0f} |")
+        else:
+            lines.append(f"| {r['backend']} | {r['precision']} | {r['device']} | {r['threads'] or '-'} | - | "
+                         f"{r['note']} | | |")
+    lines += ["", "| model | peak RSS MiB (whole process) | RSS added by loading and running the model MiB |", "|---|---|---|"]
+    lines += [f"| {k} | {v['peak_rss_mib']:.0f} | {v['model_rss_mib']:.0f} |" for k, v in memory.items()]
+    lines += ["", "| artifact | size MB |", "|---|---|"]
+    lines += [f"| {k} | {v / 1e6:.1f} |" for k, v in sizes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def ratios(rows: list) -> dict:
+    """INT8 / FP32 median latency for each CPU setting (below 1 means INT8 is faster)."""
+    def med(backend, precision, threads, batch):
+        return next((r["median_ms"] for r in rows if r["backend"] == backend and r["precision"] == precision
+                     and r["threads"] == threads and r.get("batch") == batch), None)
+    out = {}
+    for r in rows:
+        if r["device"] == "CPU" and r["precision"] == "FP32" and "batch" in r:
+            key = f"{r['backend']}_{r['threads']}t_b{r['batch']}"
+            int8 = med(r["backend"], "INT8 (ours)" if r["backend"] == "PyTorch eager" else "INT8 Q/DQ",
+                       r["threads"], r["batch"])
+            if int8:
+                out[key] = int8 / r["median_ms"]
+    return out
+
+
+def plot(rows: list, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r.get("batch") == 1]
+    labels = [f"{r['backend']} {r['precision']}\n{r['device']}" + (f" {r['threads']}t" if r["threads"] else "")
+              for r in sel]
+    fig, ax = plt.subplots(figsize=(9, 0.38 * len(sel) + 1.2))
+    colors = ["tab:orange" if "INT8" in r["precision"] else "tab:blue" for r in sel]
+    ax.barh(range(len(sel)), [r["median_ms"] for r in sel], color=colors)
+    ax.set_yticks(range(len(sel)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("median latency, batch 1 (ms, lower is better)")
+    ax.set_title("ResNet18 CIFAR-10 inference: INT8 (orange) vs float (blue)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> dict:
+    if not args.checkpoint.is_file():
+        raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass --checkpoint or train with resnet_torch.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        a = build_artifacts(args, Path(tmp))
+        sizes = {k: Path(v).stat().st_size for k, v in a["files"].items()}
+        sizes.update({p.name: p.stat().st_size for p in args.engines if p.is_file()})
+        rows = cpu_rows(a, args.batch_sizes, args.runs)
+        rows += cuda_rows(a["fp32"], args.batch_sizes, args.runs)
+        rows += tensorrt_rows(args.engines, args.batch_sizes, args.runs)
+        memory = peak_memory(a["files"])
+    env = environment()
+    result = {"rows": rows, "int8_over_fp32": ratios(rows), "memory": memory, "file_sizes_bytes": sizes,
+              "reference_scheme": a["reference_note"] or "runs on this build", "environment": env}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(args.output_dir / "benchmark.json", result)
+    table = markdown(rows, memory, sizes, env)
+    with atomic_path(args.output_dir / "benchmark.md") as t:
+        t.write_text(table)
+    plot(rows, args.output_dir / "benchmark.png")
+    print("INT8/FP32 latency ratios (below 1: INT8 faster): " +
+          ", ".join(f"{k} {v:.2f}" for k, v in result["int8_over_fp32"].items()))
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))

@@ -1,0 +1,130 @@
+"""Bad input through the real command-line entry points: one sentence, non-zero exit, nothing half-written."""
+
+import os
+
+import onnx
+import pytest
+
+from conftest import ROOT, run_script
+from qdq_graphs import conv_graph, fp32_graph
+
+
+def assert_one_sentence(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ")
+    for f in fragments:
+        assert f in err, err
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--epochs", "-1"], "--epochs must be 0 or more"),
+    (["--arch", "vgg11"], "choose one of resnet18, resnet50"),
+    (["--activation-dtype", "int4"], "choose one of quint8, qint8"),
+    (["--calibration", "entropy"], "choose one of minmax, histogram"),
+    (["--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist"),
+])
+def test_resnet_torch_rejects_bad_options(flags, fragment, tmp_path):
+    proc = run_script(ROOT / "resnet_torch.py", "--output-dir", tmp_path / "out", *flags, cwd=tmp_path)
+    assert_one_sentence(proc, fragment)
+
+
+def test_resnet_torch_missing_data(tmp_path):
+    proc = run_script(ROOT / "resnet_torch.py", "--data-dir", tmp_path / "nodata", "--output-dir", tmp_path / "out")
+    assert_one_sentence(proc, "no CIFAR-10 found", "cifar-10-batches-py")
+    assert not any((tmp_path / "out").glob("*.onnx"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only directories")
+def test_resnet_torch_unwritable_output(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    proc = run_script(ROOT / "resnet_torch.py", "--output-dir", ro / "out")
+    assert_one_sentence(proc, "not writable")
+
+
+def test_resnet_torch_output_path_is_a_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_script(ROOT / "resnet_torch.py", "--output-dir", blocker / "out")
+    assert_one_sentence(proc, "not writable")
+
+
+def test_resnet_torch_wrong_checkpoint(tmp_path):
+    import torch
+
+    from eager2trt.model import build_model
+
+    ckpt = tmp_path / "r50.pt"
+    torch.save(build_model("resnet18", num_classes=100).state_dict(), ckpt)
+    data = ROOT.parent / "shared" / "cifar10"
+    proc = run_script(ROOT / "resnet_torch.py", "--checkpoint", ckpt, "--data-dir", os.environ.get("CIFAR10_DIR", data),
+                      "--output-dir", tmp_path / "out")
+    assert_one_sentence(proc, "does not fit resnet18 with 10 classes")
+    assert not (tmp_path / "out" / "resnet_quantized_cifar10.onnx").exists()
+
+
+def test_onnx_gs_bad_inputs(tmp_path):
+    out = tmp_path / "out.onnx"
+    assert_one_sentence(run_script(ROOT / "onnx_gs.py", "--input", tmp_path / "none.onnx", "--output", out),
+                        "does not exist")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01garbage" * 50)
+    assert_one_sentence(run_script(ROOT / "onnx_gs.py", "--input", junk, "--output", out), "not a valid ONNX model")
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(fp32_graph(), str(fp32))
+    assert_one_sentence(run_script(ROOT / "onnx_gs.py", "--input", fp32, "--output", out), "nothing to quantize")
+    import numpy as np
+
+    asym = tmp_path / "asym.onnx"
+    onnx.save(conv_graph(act_zp=np.uint8(100)), str(asym))
+    assert_one_sentence(run_script(ROOT / "onnx_gs.py", "--input", asym, "--output", out),
+                        "symmetric quantization only", "quant (QuantizeLinear")
+    assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
+
+
+def test_onnx_gs_writes_verified_output(tmp_path):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(conv_graph(), str(src))
+    proc = run_script(ROOT / "onnx_gs.py", "--input", src, "--output", out, "--metrics", tmp_path / "m.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "PASS zero_points_int8_zero" in proc.stdout and "max abs difference 0 " in proc.stdout
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_resnet_tensorrt_without_tensorrt_says_so(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here; this test covers machines without it")
+    except ImportError:
+        pass
+    proc = run_script(ROOT / "resnet_tensorrt.py", "--engine", tmp_path / "x.engine")
+    assert_one_sentence(proc, "TensorRT is not installed", "--onnx")
+
+
+def test_resnet_tensorrt_bad_onnx_and_batch(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"nope" * 10)
+    assert_one_sentence(run_script(ROOT / "resnet_tensorrt.py", "--onnx", junk), "not a valid ONNX model")
+    assert_one_sentence(run_script(ROOT / "resnet_tensorrt.py", "--onnx", junk, "--batch-size", "0"),
+                        "--batch-size must be positive")
+
+
+def test_build_engines_without_trtexec(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("trtexec"):
+        pytest.skip("trtexec is installed here")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_engines.sh")], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and "trtexec is not on PATH" in proc.stderr
+
+
+def test_every_cli_has_help():
+    for script in ("resnet_torch.py", "onnx_gs.py", "resnet_tensorrt.py", "bench/train_speed.py"):
+        proc = run_script(ROOT / script, "--help")
+        assert proc.returncode == 0 and "usage:" in proc.stdout and "(default:" in proc.stdout, script

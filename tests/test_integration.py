@@ -1,0 +1,118 @@
+"""Real CIFAR-10: a brief CPU training run through the whole first stage, and the shipped checkpoint
+through the README's main job (quantize, export, surgery, onnxruntime validation)."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import DATA_DIR, ROOT, run_script
+from eager2trt.data import iterate_batches
+from eager2trt.model import build_model, fuse, load_state_dict
+from eager2trt.verify import ort_accuracy
+
+SHIPPED = ROOT / "saved_models" / "resnet_cifar10.pt"
+
+
+def torchscript_logits(path, split):
+    model = torch.jit.load(str(path))
+    with torch.no_grad():
+        return torch.cat([model(x) for x, _ in iterate_batches(split, 500)]).numpy()
+
+
+@pytest.fixture(scope="module")
+def brief(cifar10, tmp_path_factory):
+    out = tmp_path_factory.mktemp("brief")
+    # a small batch and lr so that two short epochs learn something (a near-chance model has tied logits)
+    proc = run_script(ROOT / "resnet_torch.py", "--data-dir", DATA_DIR, "--output-dir", out, "--epochs", "2",
+                      "--train-subset", "5000", "--batch-size", "32", "--lr", "0.02", "--calib-batches", "60",
+                      "--latency-runs", "20")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "metrics.json").read_text())["pytorch"]
+
+
+def test_brief_run_writes_every_artifact_and_complete_metrics(brief):
+    out, m = brief
+    model = load_state_dict(build_model(), out / "resnet_cifar10.pt", "resnet18")
+    for name in ("resnet_cifar10.onnx", "resnet_quantized_cifar10.onnx"):
+        model_proto = onnx.load(str(out / name))
+        onnx.checker.check_model(model_proto)
+        assert model_proto.opset_import[0].version == 16
+        assert model_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    ts = torch.jit.load(str(out / "resnet_quantized_cifar10.pt"))
+    assert ts(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    assert len(m["training"]["epochs"]) == 2 and m["training"]["epochs"][-1]["test_acc"] > 0.2
+    for key in ("fp32_cpu_1t", "int8_cpu_1t", "int8_torchscript_cpu_1t"):
+        assert m["latency_batch1_ms"][key] > 0
+    assert {"torch", "quantized_engine", "cpu", "threads"} <= set(m["environment"])
+    assert m["seed"] == 0 and not (out / "resnet_cifar10.train-state.pt").exists()
+    assert model.fc.out_features == 10
+
+
+def test_brief_fused_equals_unfused(brief):
+    out, _ = brief
+    _, max_abs = fuse(load_state_dict(build_model(), out / "resnet_cifar10.pt", "resnet18"))
+    assert max_abs < 1e-3
+
+
+def test_brief_int8_within_3_points_of_fp32(brief):
+    _, m = brief
+    assert abs(m["fp32_accuracy"] - m["int8_accuracy"]) <= 0.03, m
+
+
+def test_brief_onnx_runs_in_onnxruntime_and_tracks_pytorch_int8(brief, cifar10):
+    out, m = brief
+    pt = torchscript_logits(out / "resnet_quantized_cifar10.pt", cifar10["test"])
+    acc, logits = ort_accuracy(out / "resnet_quantized_cifar10.onnx", cifar10["test"])
+    assert abs(acc - m["int8_accuracy"]) <= 0.01
+    # A two-epoch model has many near-tied logits, so the 98% agreement bound is held on the trained
+    # checkpoint below; here one-LSB rounding differences may flip more of them.
+    assert (logits.argmax(1) == pt.argmax(1)).mean() >= 0.85
+
+
+@pytest.fixture(scope="module")
+def main_job(cifar10, tmp_path_factory):
+    out = tmp_path_factory.mktemp("main")
+    env = {**os.environ, "OUTPUT_DIR": str(out), "CHECKPOINT": str(SHIPPED)}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_pipeline.sh"), str(DATA_DIR)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "metrics.json").read_text()), proc.stdout
+
+
+def test_shipped_checkpoint_accuracy(main_job):
+    _, metrics, _ = main_job
+    m = metrics["pytorch"]
+    assert m["fp32_accuracy"] >= 0.865, m["fp32_accuracy"]
+    assert m["fp32_accuracy"] - m["int8_accuracy"] <= 0.003, (m["fp32_accuracy"], m["int8_accuracy"])
+
+
+def test_shipped_surgery_passes_lint_and_is_exact_on_real_images(main_job):
+    _, metrics, stdout = main_job
+    v = metrics["onnx_gs"]["verification"]
+    assert v["lint_ok"] and v["equivalence"]["samples"] == 10_032
+    assert v["equivalence"]["max_abs_diff"] <= 1e-5 and v["equivalence"]["argmax_agreement"] == 1.0
+    assert "FAIL" not in stdout
+
+
+def test_shipped_onnx_int8_matches_pytorch_int8(main_job, cifar10):
+    out, metrics, _ = main_job
+    val = metrics["validation"]["resnet_quantized_cifar10_modified.onnx"]
+    assert val["matches_reference"] and abs(val["accuracy"] - metrics["pytorch"]["int8_accuracy"]) <= 0.001
+    pt = torchscript_logits(out / "resnet_quantized_cifar10.pt", cifar10["test"])
+    _, logits = ort_accuracy(out / "resnet_quantized_cifar10_modified.onnx", cifar10["test"])
+    assert (logits.argmax(1) == pt.argmax(1)).mean() >= 0.98
+
+
+def test_shipped_fp16_onnx_within_a_tenth_of_a_point(main_job, cifar10):
+    out, metrics, _ = main_job
+    fp16 = onnx.load(str(out / "resnet_cifar10_fp16.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 I/O kept
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    acc16, _ = ort_accuracy(fp16, cifar10["test"])
+    acc32, _ = ort_accuracy(out / "resnet_cifar10.onnx", cifar10["test"])
+    assert abs(acc16 - acc32) <= 0.001 and np.isclose(acc32, metrics["pytorch"]["fp32_accuracy"], atol=0.002)
