@@ -148,13 +148,14 @@ def train(model: torch.nn.Module, train_split: Split, test_split: Split, recipe:
             # accumulate on the device: a .item() per step would synchronize and stall the GPU
             loss_sum += loss.detach() * len(y)
             correct += batch_correct
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with, before the schedule steps
         sched.step()
         test_acc = evaluate(model, test_split, channels_last=fast)
         seconds = time.perf_counter() - t0
         history.train_seconds += seconds
         history.epochs.append({"epoch": epoch + 1, "loss": loss_sum.item() / len(train_split),
                                "train_acc": correct.item() / len(train_split), "test_acc": test_acc,
-                               "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 3), "steps": steps})
+                               "lr": lr, "seconds": round(seconds, 3), "steps": steps})
         bar.set_postfix(loss=f"{history.epochs[-1]['loss']:.3f}", test_acc=f"{test_acc:.4f}")
         if state_path is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == recipe.epochs):
             _save_state(state_path, model, opt, sched, gen, epoch + 1, history, recipe)

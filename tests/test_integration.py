@@ -27,10 +27,12 @@ def torchscript_logits(path, split):
 @pytest.fixture(scope="module")
 def brief(cifar10, tmp_path_factory):
     out = tmp_path_factory.mktemp("brief")
-    # a small batch and lr so that two short epochs learn something (a near-chance model has tied logits)
-    proc = run_script(ROOT / "resnet_torch.py", "--data-dir", DATA_DIR, "--output-dir", out, "--epochs", "2",
-                      "--train-subset", "5000", "--batch-size", "32", "--lr", "0.02", "--calib-batches", "60",
-                      "--latency-runs", "20")
+    # A small batch and lr so that short epochs learn something, and a last epoch at lr/10 so BatchNorm's
+    # running statistics settle: without it, eval-mode activations (and logits, up to ~180) blow up and
+    # INT8 loses 4-7 points (measured), which says nothing about the pipeline.
+    proc = run_script(ROOT / "resnet_torch.py", "--data-dir", DATA_DIR, "--output-dir", out, "--epochs", "3",
+                      "--milestones", "2", "--train-subset", "5000", "--batch-size", "32", "--lr", "0.02",
+                      "--calib-batches", "60", "--latency-runs", "20")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "metrics.json").read_text())["pytorch"]
 
@@ -45,7 +47,9 @@ def test_brief_run_writes_every_artifact_and_complete_metrics(brief):
         assert model_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
     ts = torch.jit.load(str(out / "resnet_quantized_cifar10.pt"))
     assert ts(torch.randn(3, 3, 32, 32)).shape == (3, 10)
-    assert len(m["training"]["epochs"]) == 2 and m["training"]["epochs"][-1]["test_acc"] > 0.2
+    assert len(m["training"]["epochs"]) == 3 and m["training"]["epochs"][-1]["test_acc"] > 0.2
+    assert [e["lr"] for e in m["training"]["epochs"]] == [0.02, 0.02, pytest.approx(0.002)]
+    assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     for key in ("fp32_cpu_1t", "int8_cpu_1t", "int8_torchscript_cpu_1t"):
         assert m["latency_batch1_ms"][key] > 0
     assert {"torch", "quantized_engine", "cpu", "threads"} <= set(m["environment"])
@@ -69,9 +73,10 @@ def test_brief_onnx_runs_in_onnxruntime_and_tracks_pytorch_int8(brief, cifar10):
     pt = torchscript_logits(out / "resnet_quantized_cifar10.pt", cifar10["test"])
     acc, logits = ort_accuracy(out / "resnet_quantized_cifar10.onnx", cifar10["test"])
     assert abs(acc - m["int8_accuracy"]) <= 0.01
-    # A two-epoch model has many near-tied logits, so the 98% agreement bound is held on the trained
-    # checkpoint below; here one-LSB rounding differences may flip more of them.
-    assert (logits.argmax(1) == pt.argmax(1)).mean() >= 0.85
+    # A model at ~36% accuracy has many near-tied logits, and one-LSB rounding differences between
+    # PyTorch's kernels and exact Q/DQ arithmetic flip some of them (measured 87%); a wrong scale or zero
+    # point would drop this far lower. The 98% bound is held on the trained checkpoint below (99.4%).
+    assert (logits.argmax(1) == pt.argmax(1)).mean() >= 0.80
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +121,13 @@ def test_shipped_fp16_onnx_within_a_tenth_of_a_point(main_job, cifar10):
     acc16, _ = ort_accuracy(fp16, cifar10["test"])
     acc32, _ = ort_accuracy(out / "resnet_cifar10.onnx", cifar10["test"])
     assert abs(acc16 - acc32) <= 0.001 and np.isclose(acc32, metrics["pytorch"]["fp32_accuracy"], atol=0.002)
+
+
+def test_onnx_validation_benchmark_summary(main_job):
+    out, _, _ = main_job
+    proc = run_script(ROOT / "resnet_tensorrt.py", "--onnx", out / "resnet_quantized_cifar10_modified.onnx",
+                      "--data-dir", DATA_DIR, "--metrics", out / "metrics.json", "--benchmark", "--runs", "30")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "matches PyTorch INT8" in proc.stdout and "percentile(99%)" in proc.stdout
+    bench = json.loads((out / "benchmark_onnxruntime_resnet_quantized_cifar10_modified.json").read_text())
+    assert bench["runs"] == 30 and bench["min_ms"] <= bench["median_ms"] <= bench["p99_ms"] <= bench["max_ms"]

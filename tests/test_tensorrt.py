@@ -96,25 +96,18 @@ def fake_tensorrt(deserialized):
     return trt
 
 
-def test_wrapper_reports_a_foreign_engine_in_one_sentence(tmp_path, monkeypatch):
+@pytest.mark.parametrize("gpu,message", [
+    (True, "10.99-fake could not deserialize .*another TensorRT version"),  # deserialize returns None
+    (False, "need an NVIDIA GPU"),
+])
+def test_wrapper_explains_unusable_engines(gpu, message, tmp_path, monkeypatch):
     from eager2trt.tensorrt_runtime import Engine
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(deserialized=None))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     engine = tmp_path / "old.engine"
     engine.write_bytes(b"serialized by another version")
-    with pytest.raises(PipelineError, match="10.99-fake could not deserialize .*another TensorRT version"):
+    with pytest.raises(PipelineError, match=message):
         Engine(engine)
     with pytest.raises(PipelineError, match="does not exist"):
         Engine(tmp_path / "missing.engine")
-
-
-def test_wrapper_requires_a_gpu(tmp_path, monkeypatch):
-    from eager2trt.tensorrt_runtime import Engine
-
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(deserialized=None))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    engine = tmp_path / "x.engine"
-    engine.write_bytes(b"x")
-    with pytest.raises(PipelineError, match="need an NVIDIA GPU"):
-        Engine(engine)
