@@ -83,6 +83,11 @@ def test_onnx_gs_bad_inputs(tmp_path):
     assert_one_sentence(run_script(ROOT / "onnx_gs.py", "--input", asym, "--output", out),
                         "symmetric quantization only", "quant (QuantizeLinear")
     assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
+    good = tmp_path / "good.onnx"
+    onnx.save(conv_graph(), str(good))
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    assert_one_sentence(run_script(ROOT / "onnx_gs.py", "--input", good, "--output", tmp_path / "blocker" / "o.onnx"),
+                        "not writable")
 
 
 def test_onnx_gs_writes_verified_output(tmp_path):
