@@ -82,7 +82,10 @@ def get_fp32_model(args, data) -> tuple[torch.nn.Module, dict]:
     history = train(model, data["train"].subset(args.train_subset), data["test"], recipe, state_path=state_path,
                     save_every=args.save_every)
     model.cpu()
-    with atomic_path(args.output_dir / paths.FP32_STATE) as tmp:
+    target = args.output_dir / paths.FP32_STATE
+    if target.exists():
+        print(f"replacing {target} with the newly trained weights (git checkout {target} restores the shipped one)")
+    with atomic_path(target) as tmp:
         torch.save(model.state_dict(), tmp)
     state_path.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
     if history.epochs:
