@@ -14,7 +14,7 @@ from eager2trt.artifacts import atomic_path, ensure_writable_dir, update_metrics
 from eager2trt.errors import PipelineError, run_cli
 from eager2trt.lint import as_json, lint, print_lint
 from eager2trt.surgery import load_onnx, make_tensorrt_ready
-from eager2trt.verify import EQUIVALENCE_ATOL, equivalence, input_shape, random_batches, test_batches
+from eager2trt.verify import EQUIVALENCE_ATOL, equivalence, input_shape, random_batches, image_batches
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def verify(original: onnx.ModelProto, modified: onnx.ModelProto, args) -> dict:
     batches = random_batches(shape=input_shape(original))
     if args.data_dir is not None:
         from eager2trt.data import load_cifar10
-        batches += test_batches(load_cifar10(args.data_dir)["test"])
+        batches += image_batches(load_cifar10(args.data_dir)["test"])
     eq = equivalence(original, modified, batches, atol=args.atol)
     print(f"equivalence on {eq['samples']} inputs (onnxruntime, no graph optimizations): max abs difference "
           f"{eq['max_abs_diff']:.3g} (bound {eq['atol']:g}), argmax agreement {eq['argmax_agreement']:.4%}")

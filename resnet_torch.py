@@ -1,7 +1,6 @@
 """Train (or load) ResNet on CIFAR-10, quantize it in eager mode, export FP32/INT8 ONNX and TorchScript."""
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -169,18 +169,16 @@ def augment(images_u8: torch.Tensor, generator: Optional[torch.Generator] = None
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def iterate_batches(split: Split, batch_size: int, shuffle: bool = False, train_augment: bool = False,
+def iterate_batches(split: Split, batch_size: int, shuffle: bool = False,
                     generator: Optional[torch.Generator] = None):
-    """Yield normalized float batches and labels; the last partial batch is kept, as DataLoader does."""
+    """Yield normalized float batches and labels (no augmentation: evaluation and calibration); the last
+    partial batch is kept, as DataLoader does."""
     n = len(split)
     order = (torch.randperm(n, device=split.images.device, generator=generator) if shuffle
              else torch.arange(n, device=split.images.device))
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        x = split.images[idx]
-        if train_augment:
-            x = augment(x, generator)
-        yield normalize(x), split.labels[idx]
+        yield normalize(split.images[idx]), split.labels[idx]
 
 
 def epoch_batches(split: Split, batch_size: int, generator: Optional[torch.Generator] = None):

@@ -1,7 +1,7 @@
 """Numerical checks in onnxruntime: equivalence of two graphs and accuracy on the test set."""
 
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Union
 
 import numpy as np
 import onnx
@@ -45,10 +45,9 @@ def compare(a: np.ndarray, b: np.ndarray, atol: float = EQUIVALENCE_ATOL) -> dic
     return {"max_abs_diff": max_abs, "argmax_agreement": agreement, "atol": atol, "ok": max_abs <= atol}
 
 
-def test_batches(split: Split, batch_size: int = 500, limit: Optional[int] = None, desc: str = "") -> list:
-    """Normalized test images as float32 numpy batches."""
-    batches = [x.numpy() for x, _ in iterate_batches(split, batch_size)]
-    return batches[:limit] if limit else batches
+def image_batches(split: Split, batch_size: int = 500) -> list:
+    """Normalized images as float32 numpy batches, in order."""
+    return [x.numpy() for x, _ in iterate_batches(split, batch_size)]
 
 
 def input_shape(model: onnx.ModelProto, batch_size: int = 8) -> list[int]:
@@ -78,6 +77,6 @@ def ort_accuracy(model: Union[Path, onnx.ModelProto], split: Split, batch_size: 
                  optimize: bool = True) -> tuple[float, np.ndarray]:
     """Top-1 accuracy of an ONNX model on `split`, and its logits."""
     session = ort_session(model, optimize=optimize)
-    batches = tqdm(test_batches(split, batch_size), desc="onnxruntime", unit="batch", leave=False)
+    batches = tqdm(image_batches(split, batch_size), desc="onnxruntime", unit="batch", leave=False)
     logits = ort_logits(session, batches)
     return float((logits.argmax(1) == split.labels.numpy()).mean()), logits
