@@ -9,10 +9,11 @@ import torch
 from eager2trt import paths
 from eager2trt.artifacts import atomic_path, ensure_writable_dir, update_metrics
 from eager2trt.data import iterate_batches, load_cifar10
-from eager2trt.errors import PipelineError, run_cli
+from eager2trt.errors import PipelineError, require_choice, run_cli
 from eager2trt.export import export_onnx, export_torchscript
 from eager2trt.report import plot_training
-from eager2trt.model import ACTIVATION_DTYPES, ARCHS, OBSERVERS, build_model, fuse, load_state_dict, quantize
+from eager2trt.model import (ACTIVATION_DTYPES, ARCHS, OBSERVERS, build_model, fuse, load_state_dict, quantize,
+                             select_engine)
 from eager2trt.timing import environment, measure
 from eager2trt.train import Recipe, evaluate, train
 
@@ -57,13 +58,10 @@ def validate(args) -> None:
         raise PipelineError(f"--train-subset must be positive, got {args.train_subset}")
     if args.calib_batches is not None and args.calib_batches <= 0:
         raise PipelineError(f"--calib-batches must be positive, got {args.calib_batches}")
-    if args.arch not in ARCHS:
-        raise PipelineError(f"unknown --arch {args.arch!r}; choose one of {', '.join(ARCHS)}")
-    if args.activation_dtype not in ACTIVATION_DTYPES:
-        raise PipelineError(f"unknown --activation-dtype {args.activation_dtype!r}; choose one of "
-                            f"{', '.join(ACTIVATION_DTYPES)}")
-    if args.calibration not in OBSERVERS:
-        raise PipelineError(f"unknown --calibration {args.calibration!r}; choose one of {', '.join(OBSERVERS)}")
+    require_choice("--arch", args.arch, ARCHS)
+    require_choice("--activation-dtype", args.activation_dtype, ACTIVATION_DTYPES)
+    require_choice("--calibration", args.calibration, OBSERVERS)
+    select_engine(args.engine)
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass the path of a saved FP32 state_dict")
     ensure_writable_dir(args.output_dir)

@@ -7,7 +7,7 @@ import torch
 from torch.ao import quantization as tq
 from torchvision.models import quantization as qmodels
 
-from .errors import PipelineError
+from .errors import PipelineError, require_choice
 
 ARCHS = ("resnet18", "resnet50")
 ACTIVATION_DTYPES = {"quint8": torch.quint8, "qint8": torch.qint8}
@@ -21,9 +21,7 @@ FUSE_RTOL, FUSE_ATOL = 1e-3, 1e-6
 
 def build_model(arch: str = "resnet18", num_classes: int = 10) -> torch.nn.Module:
     """torchvision's quantizable ResNet (ImageNet stem) in float mode, randomly initialised."""
-    if arch not in ARCHS:
-        raise PipelineError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return getattr(qmodels, arch)(weights=None, quantize=False, num_classes=num_classes)
+    return getattr(qmodels, require_choice("--arch", arch, ARCHS))(weights=None, quantize=False, num_classes=num_classes)
 
 
 def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
@@ -72,11 +70,8 @@ def qconfig(activation_dtype: str = "quint8", calibration: str = "histogram") ->
     quint8 symmetric activations have zero point 128 and the same scale as qint8 symmetric ones,
     so the ONNX stage maps them exactly to int8 zero point 0 (q_s8 = q_u8 - 128).
     """
-    if activation_dtype not in ACTIVATION_DTYPES:
-        raise PipelineError(f"unknown --activation-dtype {activation_dtype!r}; choose one of "
-                            f"{', '.join(ACTIVATION_DTYPES)}")
-    if calibration not in OBSERVERS:
-        raise PipelineError(f"unknown --calibration {calibration!r}; choose one of {', '.join(OBSERVERS)}")
+    require_choice("--activation-dtype", activation_dtype, ACTIVATION_DTYPES)
+    require_choice("--calibration", calibration, OBSERVERS)
     act = OBSERVERS[calibration].with_args(dtype=ACTIVATION_DTYPES[activation_dtype],
                                            qscheme=torch.per_tensor_symmetric, reduce_range=False, eps=EPS)
     weight = tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
@@ -84,15 +79,11 @@ def qconfig(activation_dtype: str = "quint8", calibration: str = "histogram") ->
     return tq.QConfig(activation=act, weight=weight)
 
 
-def select_engine(preferred: str = "x86") -> str:
-    """Set and return the quantized engine, falling back to what this build supports."""
-    engines = torch.backends.quantized.supported_engines
-    for name in (preferred, "x86", "fbgemm", "onednn", "qnnpack"):
-        if name in engines:
-            torch.backends.quantized.engine = name
-            return name
-    raise PipelineError(f"this PyTorch build has no quantized CPU engine (supported: {engines}); "
-                        f"install a standard CPU or CUDA build of torch")
+def select_engine(name: str = "x86") -> str:
+    """Set and return the quantized CPU engine, which this build must support."""
+    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    torch.backends.quantized.engine = require_choice("--engine", name, supported)
+    return name
 
 
 def quantize(fused: torch.nn.Module, calib_batches: Iterable[torch.Tensor], activation_dtype: str = "quint8",

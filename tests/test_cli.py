@@ -24,6 +24,7 @@ def assert_one_sentence(proc, *fragments):
     (["--activation-dtype", "int4"], "choose one of quint8, qint8"),
     (["--calibration", "entropy"], "choose one of minmax, histogram"),
     (["--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist"),
+    (["--engine", "tpu"], "unknown --engine 'tpu'; choose one of"),
 ])
 def test_resnet_torch_rejects_bad_options(flags, fragment, tmp_path):
     proc = run_script(ROOT / "resnet_torch.py", "--output-dir", tmp_path / "out", *flags, cwd=tmp_path)
