@@ -7,7 +7,7 @@ import onnx
 
 from . import paths
 from .artifacts import atomic_path
-from .errors import run_cli
+from .errors import PipelineError, run_cli
 from .surgery import load_onnx
 
 FP16_ACCURACY_TOLERANCE = 0.001  # 0.1 points of test accuracy
@@ -39,7 +39,6 @@ def main(args) -> dict:
     result = {}
     if args.data_dir is not None:
         from .data import load_cifar10
-        from .errors import PipelineError
         from .verify import ort_accuracy
 
         test = load_cifar10(args.data_dir)["test"]

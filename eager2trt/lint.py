@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-QDQ = ("QuantizeLinear", "DequantizeLinear")
+from .surgery import fold_constant_inputs, qdq_nodes, zero_point
+
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 MIN_OPSET = 13
 
@@ -28,10 +29,6 @@ class Finding:
     level: str = "error"
 
 
-def _qdq(graph):
-    return [n for n in graph.nodes if n.op in QDQ]
-
-
 def opset_supports_qdq(graph: gs.Graph) -> list[Finding]:
     """Per-axis Q/DQ needs opset 13 or newer."""
     opset = graph.opset or 0
@@ -41,8 +38,8 @@ def opset_supports_qdq(graph: gs.Graph) -> list[Finding]:
 def zero_points_int8_zero(graph: gs.Graph) -> list[Finding]:
     """Every Q/DQ has an int8 zero point, all zeros (TensorRT: symmetric quantization only)."""
     out = []
-    for n in _qdq(graph):
-        zp = n.inputs[2] if len(n.inputs) > 2 else None
+    for n in qdq_nodes(graph):
+        zp = zero_point(n)
         if not isinstance(zp, gs.Constant):
             out.append(Finding("int8-zero-point", n.name, n.op,
                                "zero point missing (ONNX then means uint8)" if zp is None else "zero point not constant"))
@@ -62,7 +59,7 @@ def dequantize_inputs_int8(graph: gs.Graph) -> list[Finding]:
 def scales_per_channel_on_weights_only(graph: gs.Graph) -> list[Finding]:
     """Vector scales only on constant-weight DQ, axis 0, one per output channel; scalars elsewhere."""
     out = []
-    for n in _qdq(graph):
+    for n in qdq_nodes(graph):
         scale, data = n.inputs[1], n.inputs[0]
         if not isinstance(scale, gs.Constant):
             out.append(Finding("scales", n.name, n.op, "scale is not a constant"))
@@ -108,7 +105,7 @@ RULES = (opset_supports_qdq, zero_points_int8_zero, dequantize_inputs_int8, scal
 def lint(model: onnx.ModelProto) -> dict[str, list[Finding]]:
     """Run every rule; return findings keyed by rule function name (empty list = pass)."""
     graph = gs.import_onnx(model)
-    graph.fold_constants(should_exclude_node=lambda n: n.op in QDQ)  # resolve Constant nodes into values
+    fold_constant_inputs(graph)  # resolve Constant nodes into values, Q/DQ kept
     return {rule.__name__: rule(graph) for rule in RULES}
 
 

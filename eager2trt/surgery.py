@@ -46,13 +46,17 @@ def _is_qdq(node: gs.Node) -> bool:
     return node.op in QDQ
 
 
-def _zero_point(node: gs.Node):
+def qdq_nodes(graph: gs.Graph) -> list:
+    return [n for n in graph.nodes if _is_qdq(n)]
+
+
+def zero_point(node: gs.Node):
     """The node's zero point as a Constant, or None if it is absent (ONNX then means uint8 0)."""
     return node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
 
 
 def _q_output_dtype(q: gs.Node) -> np.dtype:
-    zp = _zero_point(q)
+    zp = zero_point(q)
     return np.dtype(zp.values.dtype) if isinstance(zp, gs.Constant) else np.dtype(np.uint8)
 
 
@@ -83,7 +87,7 @@ def remove_qdq_casts(graph: gs.Graph) -> int:
 
 
 def _asymmetric(nodes: list) -> PipelineError:
-    names = ", ".join(f"{n.name or '?'} ({n.op}, zero point {np.unique(_zero_point(n).values)[:3].tolist()})"
+    names = ", ".join(f"{n.name or '?'} ({n.op}, zero point {np.unique(zero_point(n).values)[:3].tolist()})"
                       for n in nodes[:5])
     more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
     return PipelineError(f"TensorRT supports symmetric quantization only, but {names}{more} have zero "
@@ -98,8 +102,8 @@ def int8_zero_points(graph: gs.Graph) -> int:
     """
     replaced: dict[str, gs.Constant] = {}  # one int8 tensor per original zero point, so shared names stay unique
     bad, changed = [], 0
-    for node in [n for n in graph.nodes if _is_qdq(n)]:
-        zp = _zero_point(node)
+    for node in qdq_nodes(graph):
+        zp = zero_point(node)
         if not isinstance(zp, gs.Constant):
             bad.append(node) if zp is not None else None
             continue
@@ -128,7 +132,7 @@ def fold_bias_dequantize(graph: gs.Graph) -> int:
     changed = 0
     for dq in [n for n in graph.nodes if n.op == "DequantizeLinear"]:
         data, scale = dq.inputs[0], dq.inputs[1]
-        zp = _zero_point(dq)
+        zp = zero_point(dq)
         if not (isinstance(data, gs.Constant) and data.values.dtype == np.int32 and isinstance(scale, gs.Constant)):
             continue
         out = dq.outputs[0]
