@@ -25,6 +25,9 @@ def assert_one_sentence(proc, *fragments):
     (["--calibration", "entropy"], "choose one of minmax, histogram"),
     (["--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist"),
     (["--engine", "tpu"], "unknown --engine 'tpu'; choose one of"),
+    (["--save-every", "0"], "--save-every must be positive"),
+    (["--train-subset", "0"], "--train-subset must be positive"),
+    (["--calib-batches", "0"], "--calib-batches must be positive"),
 ])
 def test_resnet_torch_rejects_bad_options(flags, fragment, tmp_path):
     proc = run_script(ROOT / "resnet_torch.py", "--output-dir", tmp_path / "out", *flags, cwd=tmp_path)
