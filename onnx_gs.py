@@ -13,7 +13,8 @@ from eager2trt import paths
 from eager2trt.artifacts import atomic_path, ensure_writable_dir, update_metrics
 from eager2trt.errors import PipelineError, run_cli
 from eager2trt.lint import as_json, lint, print_lint
-from eager2trt.surgery import load_onnx, make_tensorrt_ready
+from eager2trt.onnx_utils import load_onnx
+from eager2trt.surgery import make_tensorrt_ready
 from eager2trt.verify import EQUIVALENCE_ATOL, equivalence, input_shape, random_batches, image_batches
 
 

@@ -42,7 +42,7 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path):
-        from eager2trt.surgery import load_onnx
+        from eager2trt.onnx_utils import load_onnx
         from eager2trt.verify import ort_session
 
         model = load_onnx(path)

@@ -9,21 +9,18 @@ Writes saved_models/benchmark.{json,md,png} and prints the table last.
 import argparse
 import multiprocessing as mp
 import resource
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eager2trt import paths  # noqa: E402
-from eager2trt.artifacts import atomic_path, write_json  # noqa: E402
-from eager2trt.errors import PipelineError, run_cli  # noqa: E402
-from eager2trt.export import export_onnx, export_torchscript  # noqa: E402
-from eager2trt.model import build_model, fuse, load_state_dict, quantize  # noqa: E402
-from eager2trt.timing import environment, measure  # noqa: E402
+from eager2trt import paths
+from eager2trt.artifacts import atomic_path, write_json
+from eager2trt.errors import PipelineError, run_cli
+from eager2trt.export import export_onnx, export_torchscript
+from eager2trt.model import build_model, fuse, load_state_dict, quantize
+from eager2trt.timing import environment, measure
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,7 +47,8 @@ def calibration(args) -> list:
 
 def build_artifacts(args, workdir: Path) -> dict:
     """FP32 model, INT8 model, TorchScript and ONNX files, made fresh from the checkpoint."""
-    from eager2trt.surgery import load_onnx, make_tensorrt_ready
+    from eager2trt.onnx_utils import load_onnx
+    from eager2trt.surgery import make_tensorrt_ready
     import onnx
 
     fp32 = load_state_dict(build_model(), args.checkpoint, "resnet18").eval()

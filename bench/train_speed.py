@@ -4,21 +4,18 @@ Prints ms/step and projected minutes for the 200-epoch recipe, and writes saved_
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eager2trt import paths  # noqa: E402
-from eager2trt.artifacts import write_json  # noqa: E402
-from eager2trt.data import MEAN, STD, epoch_batches, load_cifar10  # noqa: E402
-from eager2trt.errors import run_cli  # noqa: E402
-from eager2trt.model import build_model  # noqa: E402
-from eager2trt.timing import environment  # noqa: E402
-from eager2trt.train import Recipe, make_step, prepare  # noqa: E402
+from eager2trt import paths
+from eager2trt.artifacts import write_json
+from eager2trt.data import MEAN, STD, epoch_batches, load_cifar10
+from eager2trt.errors import run_cli
+from eager2trt.model import build_model
+from eager2trt.timing import environment
+from eager2trt.train import Recipe, make_step, prepare
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -6,15 +6,16 @@ from pathlib import Path
 import torch
 
 from .artifacts import atomic_path
-
-OPSET = 16
-INPUT_NAME, OUTPUT_NAME = "input", "output"
+from .contract import INPUT_NAME, OPSET, OUTPUT_NAME, image_batch_shape
 
 
-def export_onnx(model: torch.nn.Module, path: Path, opset: int = OPSET) -> Path:
-    """Export FP32 or eager-quantized INT8 `model` with the TorchScript exporter (the one that emits Q/DQ)."""
+def export_onnx(model: torch.nn.Module, path: Path, opset: int = OPSET, example: torch.Tensor = None) -> Path:
+    """Export FP32 or eager-quantized INT8 `model` with the TorchScript exporter (the one that emits Q/DQ).
+
+    `example` is one input batch (default: a CIFAR-sized image); the batch dimension is exported dynamic.
+    """
     model = model.eval().cpu()
-    example = torch.randn(1, 3, 32, 32)
+    example = torch.randn(image_batch_shape(1)) if example is None else example[:1].cpu()
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not actionable here
         torch.onnx.export(model, (example,), str(tmp), opset_version=opset, dynamo=False,
@@ -23,11 +24,12 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int = OPSET) -> Path:
     return Path(path)
 
 
-def export_torchscript(model: torch.nn.Module, path: Path) -> torch.jit.ScriptModule:
+def export_torchscript(model: torch.nn.Module, path: Path, example: torch.Tensor = None) -> torch.jit.ScriptModule:
     """Trace `model` to TorchScript, save it atomically, and return the traced module."""
+    example = torch.randn(image_batch_shape(1)) if example is None else example[:1].cpu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model.eval().cpu(), torch.randn(1, 3, 32, 32))
+        traced = torch.jit.trace(model.eval().cpu(), example)
         with atomic_path(path) as tmp:
             torch.jit.save(traced, str(tmp))
     return traced

@@ -8,7 +8,7 @@ import onnx
 from . import paths
 from .artifacts import atomic_path
 from .errors import PipelineError, run_cli
-from .surgery import load_onnx
+from .onnx_utils import load_onnx
 
 FP16_ACCURACY_TOLERANCE = 0.001  # 0.1 points of test accuracy
 

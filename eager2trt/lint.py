@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .surgery import fold_constant_inputs, qdq_nodes, zero_point
+from .onnx_utils import fold_constant_inputs, qdq_nodes, zero_point
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 MIN_OPSET = 13

@@ -7,64 +7,21 @@ integer tensors other than Q outputs feeding DQ, and DQ inputs of activation typ
 (TensorRT 10 developer guide, "Working with Quantized Types"; ONNX QuantizeLinear/DequantizeLinear-13.)
 """
 
-from collections import Counter
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import PipelineError
+from .onnx_utils import QDQ, fold_constant_inputs, op_counts, qdq_nodes, zero_point
 
-QDQ = ("QuantizeLinear", "DequantizeLinear")
 # Ops whose bias may arrive as an int32 DequantizeLinear; input index 2 is the bias for both.
 BIAS_CONSUMERS = {"Conv": 2, "Gemm": 2}
 ONNX_DTYPES = {np.dtype(np.uint8): onnx.TensorProto.UINT8, np.dtype(np.int8): onnx.TensorProto.INT8}
 
 
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """Load and check an ONNX file, turning every failure into one sentence."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path} does not exist; run resnet_torch.py first or pass --input")
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # protobuf DecodeError, checker ValidationError, truncated files
-        raise PipelineError(f"{path} is not a valid ONNX model ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}); re-export it") from None
-    if not model.graph.node:
-        raise PipelineError(f"{path} holds an empty ONNX graph; re-export the model")
-    return model
-
-
-def op_counts(graph: gs.Graph) -> Counter:
-    return Counter(node.op for node in graph.nodes)
-
-
-def _is_qdq(node: gs.Node) -> bool:
-    return node.op in QDQ
-
-
-def qdq_nodes(graph: gs.Graph) -> list:
-    return [n for n in graph.nodes if _is_qdq(n)]
-
-
-def zero_point(node: gs.Node):
-    """The node's zero point as a Constant, or None if it is absent (ONNX then means uint8 0)."""
-    return node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
-
-
 def _q_output_dtype(q: gs.Node) -> np.dtype:
     zp = zero_point(q)
     return np.dtype(zp.values.dtype) if isinstance(zp, gs.Constant) else np.dtype(np.uint8)
-
-
-def fold_constant_inputs(graph: gs.Graph) -> int:
-    """Fold Constant, ConstantOfShape and Cast chains (zero points) into initializers; Q/DQ are kept."""
-    before = len(graph.nodes)
-    graph.fold_constants(should_exclude_node=_is_qdq).cleanup()
-    return before - len(graph.nodes)
 
 
 def remove_qdq_casts(graph: gs.Graph) -> int:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DATA_DIR = Path(os.environ.get("CIFAR10_DIR", ROOT.parent / "shared" / "cifar10"))
 

@@ -7,7 +7,8 @@ from torchvision.models import quantization as qmodels
 from eager2trt import lint
 from eager2trt.export import export_onnx
 from eager2trt.model import fuse, quantize
-from eager2trt.surgery import load_onnx, make_tensorrt_ready
+from eager2trt.onnx_utils import load_onnx
+from eager2trt.surgery import make_tensorrt_ready
 from eager2trt.verify import equivalence, random_batches
 
 

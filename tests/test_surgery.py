@@ -4,7 +4,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto
 
-from eager2trt import lint, surgery
+from eager2trt import lint, onnx_utils, surgery
 from eager2trt.errors import PipelineError
 from eager2trt.verify import equivalence, ort_session
 from qdq_graphs import conv_graph, fp32_graph
@@ -12,7 +12,7 @@ from qdq_graphs import conv_graph, fp32_graph
 
 def graph_of(model):
     g = gs.import_onnx(model)
-    surgery.fold_constant_inputs(g)
+    onnx_utils.fold_constant_inputs(g)
     return g
 
 
@@ -22,8 +22,8 @@ def inputs():
 
 def test_fold_constant_inputs_folds_zero_point_chains_but_keeps_qdq():
     g = gs.import_onnx(conv_graph())
-    assert surgery.fold_constant_inputs(g) == 10  # 8 Constant + ConstantOfShape + Cast
-    ops = surgery.op_counts(g)
+    assert onnx_utils.fold_constant_inputs(g) == 10  # 8 Constant + ConstantOfShape + Cast
+    ops = onnx_utils.op_counts(g)
     assert ops["DequantizeLinear"] == 3 and ops["QuantizeLinear"] == 1 and "Constant" not in ops
 
 
@@ -115,14 +115,14 @@ def test_lint_accepts_a_clean_int8_graph():
 
 def test_load_onnx_errors(tmp_path):
     with pytest.raises(PipelineError, match="does not exist"):
-        surgery.load_onnx(tmp_path / "missing.onnx")
+        onnx_utils.load_onnx(tmp_path / "missing.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all" * 10)
     with pytest.raises(PipelineError, match="not a valid ONNX model"):
-        surgery.load_onnx(bad)
+        onnx_utils.load_onnx(bad)
     good = tmp_path / "good.onnx"
     onnx.save(conv_graph(), str(good))
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(PipelineError, match="not a valid ONNX model"):
-        surgery.load_onnx(truncated)
+        onnx_utils.load_onnx(truncated)

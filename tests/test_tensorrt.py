@@ -28,7 +28,8 @@ def engines(tmp_path_factory):
     """A random-weight ResNet18 through our pipeline and scripts/build_engines.sh, batch 1..8."""
     from eager2trt.export import export_onnx
     from eager2trt.model import build_model, fuse, quantize
-    from eager2trt.surgery import load_onnx, make_tensorrt_ready
+    from eager2trt.onnx_utils import load_onnx
+    from eager2trt.surgery import make_tensorrt_ready
 
     out = tmp_path_factory.mktemp("trt")
     fp32 = build_model().eval()

@@ -1,0 +1,58 @@
+"""The contract between stages: artifact names, the model's input, and every tolerance, in one place.
+
+The CLIs, the pipeline, the benchmarks and the tests read these; nothing else types them.
+"""
+
+from pathlib import Path
+
+# --- artifact names: the reference recipe's, as defaults -------------------------------------------
+OUTPUT_DIR = Path("saved_models")
+DATA_DIR = Path("data")
+FP32_STATE = "resnet_cifar10.pt"
+TRAIN_STATE = "resnet_cifar10.train-state.pt"
+TRAINING_CURVE = "training_curve.png"
+FP32_ONNX = "resnet_cifar10.onnx"
+FP16_ONNX = "resnet_cifar10_fp16.onnx"
+INT8_ONNX = "resnet_quantized_cifar10.onnx"
+INT8_TORCHSCRIPT = "resnet_quantized_cifar10.pt"
+INT8_ONNX_MODIFIED = "resnet_quantized_cifar10_modified.onnx"  # exact surgery (the reference's name)
+INT8_ONNX_FAST = "resnet_quantized_cifar10_fast.onnx"  # fast placement
+FP16_ENGINE = "resnet_cifar10_fp16.engine"
+INT8_ENGINE = "resnet_cifar10_int8.engine"
+INT8_FAST_ENGINE = "resnet_cifar10_int8_fast.engine"
+METRICS = "metrics.json"
+
+# --- the model's input and output --------------------------------------------------------------------
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+IMAGE_SHAPE = (3, 32, 32)  # CHW of one CIFAR-10 image
+NUM_CLASSES = 10
+OPSET = 16
+
+# --- tolerances (each with where it comes from) -----------------------------------------------------
+FUSE_RTOL, FUSE_ATOL = 1e-3, 1e-6  # fused vs unfused model: the reference's check
+EQUIVALENCE_ATOL = 1e-5  # exact surgery vs the export, max abs logit difference (measured 0.0 on ResNet18)
+ACCURACY_MATCH = 0.001  # an engine/graph matches its PyTorch model within 0.1 points of test accuracy
+FP16_ACCURACY_TOLERANCE = 0.001  # FP16 ONNX vs FP32 ONNX, 0.1 points
+AGREEMENT_MIN = 0.99  # PyTorch INT8 vs Q/DQ graph argmax agreement on real images (shipped ResNet18: 99.5%)
+
+
+def image_batch_shape(batch: int = 1) -> tuple:
+    """NCHW shape of a batch of model inputs."""
+    return (batch, *IMAGE_SHAPE)
+
+
+class ArtifactPaths:
+    """Every artifact's path inside one output folder, under the contract's names."""
+
+    def __init__(self, output_dir: Path):
+        d = self.output_dir = Path(output_dir)
+        self.fp32_state = d / FP32_STATE
+        self.train_state = d / TRAIN_STATE
+        self.training_curve = d / TRAINING_CURVE
+        self.fp32_onnx = d / FP32_ONNX
+        self.fp16_onnx = d / FP16_ONNX
+        self.int8_onnx = d / INT8_ONNX
+        self.int8_torchscript = d / INT8_TORCHSCRIPT
+        self.int8_onnx_modified = d / INT8_ONNX_MODIFIED
+        self.int8_onnx_fast = d / INT8_ONNX_FAST
+        self.metrics = d / METRICS

@@ -1,0 +1,71 @@
+"""The pipeline API and the bring-your-own-model path (README), on a small custom quantizable CNN."""
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from eager2trt import lint, metrics
+from eager2trt.backends import OnnxBackend, PyTorchBackend, is_quantized_module
+from eager2trt.errors import PipelineError
+from eager2trt.pipeline import quantize_to_tensorrt
+
+
+def test_bring_your_own_model_example_runs(tmp_path):
+    proc = run_script(ROOT / "examples" / "bring_your_own_model.py", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    ready = onnx.load(str(out / "resnet_quantized_cifar10_modified.onnx"))
+    onnx.checker.check_model(ready, full_check=True)
+    assert not any(lint.lint(ready).values())
+    assert "6/6 rules pass" in proc.stdout or "rules pass" in proc.stdout
+    # the same file from the command line, as a user who exported their own INT8 ONNX would run it
+    proc = run_script(ROOT / "onnx_gs.py", "--input", out / "resnet_quantized_cifar10.onnx", "--output",
+                      tmp_path / "cli.onnx", "--metrics", tmp_path / "m.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert onnx.load(str(tmp_path / "cli.onnx")).SerializeToString() == ready.SerializeToString()
+
+
+def test_pipeline_result_is_verified_and_typed(tmp_path):
+    from examples.bring_your_own_model import TinyResNet
+
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(8, 3, 32, 32)
+    result = quantize_to_tensorrt(model, [torch.randn(16, 3, 32, 32) for _ in range(2)], tmp_path,
+                                  check_inputs=[x.numpy()])
+    assert result.equivalence["ok"] and result.equivalence["samples"] == 16
+    assert result.fusion_max_abs_diff < 1e-3 and result.surgery["rewrites"]["int8_zero_points"] > 0
+    assert is_quantized_module(result.int8) and not is_quantized_module(result.fp32)
+    ort = OnnxBackend(result.paths.int8_onnx_modified)
+    assert ort.quantized and not OnnxBackend(result.paths.fp32_onnx).quantized
+    pt = PyTorchBackend(result.int8)(x)
+    assert torch.nn.functional.cosine_similarity(pt.flatten(), ort(x).flatten(), dim=0) > 0.99
+
+
+def test_pipeline_refuses_empty_or_wrong_calibration(tmp_path):
+    from examples.bring_your_own_model import TinyResNet
+
+    with pytest.raises(PipelineError, match="no calibration batches"):
+        quantize_to_tensorrt(TinyResNet(), [], tmp_path)
+    with pytest.raises(PipelineError, match="float NCHW tensors"):
+        quantize_to_tensorrt(TinyResNet(), [torch.zeros(4, 3, dtype=torch.uint8)], tmp_path)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_metrics_reader_names_file_key_and_writer(tmp_path):
+    path = tmp_path / "metrics.json"
+    with pytest.raises(PipelineError, match=r"does not exist.*run python resnet_torch.py"):
+        metrics.PyTorchAccuracy.read(path)
+    metrics.update(path, "onnx_gs", {"x": 1})
+    with pytest.raises(PipelineError, match=r"has no pytorch.fp32_accuracy; run python resnet_torch.py"):
+        metrics.PyTorchAccuracy.read(path)
+    metrics.update(path, "pytorch", {"fp32_accuracy": 0.9, "int8_accuracy": 0.89})
+    assert metrics.PyTorchAccuracy.read(path).of("int8") == 0.89
+    assert json.loads(path.read_text())["onnx_gs"] == {"x": 1}
+    path.write_text("{not json")
+    with pytest.raises(PipelineError, match="unreadable"):
+        metrics.update(path, "pytorch", {"fp32_accuracy": 0.5})
+    assert path.read_text() == "{not json"  # a corrupt record is never silently replaced
