@@ -14,7 +14,7 @@ from eager2trt.export import export_onnx, export_torchscript
 from eager2trt.report import plot_training
 from eager2trt.model import (ACTIVATION_DTYPES, ARCHS, OBSERVERS, build_model, fuse, load_state_dict, quantize,
                              select_engine)
-from eager2trt.timing import environment, measure
+from eager2trt.timing import environment, measure, thread_sweep
 from eager2trt.train import Recipe, evaluate, train
 
 
@@ -102,14 +102,10 @@ def calibration_batches(data, args):
 def latencies(fp32, int8, int8_ts, runs: int) -> dict:
     """Batch-1 median latencies in ms: FP32/INT8/TorchScript CPU at 1 and default threads, FP32 CUDA."""
     x = torch.randn(1, 3, 32, 32)
-    default_threads = torch.get_num_threads()
-    out = {}
+    models = (("fp32_cpu", fp32), ("int8_cpu", int8), ("int8_torchscript_cpu", int8_ts))
     with torch.no_grad():
-        for threads in sorted({1, default_threads}):
-            torch.set_num_threads(threads)
-            for name, m in (("fp32_cpu", fp32), ("int8_cpu", int8), ("int8_torchscript_cpu", int8_ts)):
-                out[f"{name}_{threads}t"] = measure(lambda: m(x), runs=runs)["median_ms"]
-        torch.set_num_threads(default_threads)
+        rows = thread_sweep(lambda threads: [(name, lambda m=m: m(x)) for name, m in models], runs)
+        out = {f"{r['label']}_{r['threads']}t": r["median_ms"] for r in rows}
         if torch.cuda.is_available():
             gpu_model, xg = fp32.cuda(), x.cuda()
             out["fp32_cuda"] = measure(lambda: gpu_model(xg), runs=runs, sync=torch.cuda.synchronize)["median_ms"]

@@ -7,6 +7,7 @@ Writes saved_models/benchmark.{json,md,png} and prints the table last.
 """
 
 import argparse
+import copy
 import multiprocessing as mp
 import resource
 import tempfile
@@ -15,51 +16,47 @@ from pathlib import Path
 
 import torch
 
-from eager2trt import paths
+from eager2trt import contract
 from eager2trt.artifacts import atomic_path, write_json
 from eager2trt.errors import PipelineError, run_cli
-from eager2trt.export import export_onnx, export_torchscript
-from eager2trt.model import build_model, fuse, load_state_dict, quantize
-from eager2trt.timing import environment, measure
+from eager2trt.model import ARCHS, build_model, fuse, load_state_dict, quantize
+from eager2trt.pipeline import quantize_to_tensorrt
+from eager2trt.timing import environment, measure, thread_sweep
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=paths.OUTPUT_DIR / paths.FP32_STATE)
+    p.add_argument("--checkpoint", type=Path, default=contract.OUTPUT_DIR / contract.FP32_STATE,
+                   help="FP32 state_dict to benchmark")
+    p.add_argument("--arch", default="resnet18", help=f"architecture of the checkpoint: {', '.join(ARCHS)}")
     p.add_argument("--data-dir", type=Path, help="calibrate on real images (latency does not depend on it; "
                                                  "without it, random calibration inputs are used)")
-    p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128])
+    p.add_argument("--output-dir", type=Path, default=contract.OUTPUT_DIR, help="where benchmark.{json,md,png} go")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128], help="batch sizes to time")
     p.add_argument("--runs", type=int, default=200, help="timed runs per figure at batch 1 (fewer for large batches)")
-    p.add_argument("--engines", type=Path, nargs="*", default=[paths.OUTPUT_DIR / paths.FP16_ENGINE,
-                                                               paths.OUTPUT_DIR / paths.INT8_ENGINE])
+    p.add_argument("--engines", type=Path, nargs="*", default=[contract.OUTPUT_DIR / contract.FP16_ENGINE,
+                                                               contract.OUTPUT_DIR / contract.INT8_ENGINE],
+                   help="TensorRT engines to time where tensorrt and a GPU are present")
     return p
 
 
 def calibration(args) -> list:
     if args.data_dir is None:
         gen = torch.Generator().manual_seed(0)
-        return [torch.randn(32, 3, 32, 32, generator=gen) for _ in range(8)]
+        return [torch.randn(contract.image_batch_shape(32), generator=gen) for _ in range(8)]
     from eager2trt.data import iterate_batches, load_cifar10
 
     return [x for i, (x, _) in zip(range(16), iterate_batches(load_cifar10(args.data_dir)["train"], 128))]
 
 
 def build_artifacts(args, workdir: Path) -> dict:
-    """FP32 model, INT8 model, TorchScript and ONNX files, made fresh from the checkpoint."""
-    from eager2trt.onnx_utils import load_onnx
-    from eager2trt.surgery import make_tensorrt_ready
-    import onnx
-
-    fp32 = load_state_dict(build_model(), args.checkpoint, "resnet18").eval()
+    """FP32 model, INT8 model, TorchScript and ONNX files, made fresh from the checkpoint by the pipeline."""
+    fp32 = load_state_dict(build_model(args.arch), args.checkpoint, args.arch).eval()
     calib = calibration(args)
-    int8 = quantize(fuse(fp32)[0], calib)
-    files = {"fp32_state_dict": args.checkpoint, "fp32_onnx": export_onnx(fp32, workdir / paths.FP32_ONNX),
-             "int8_onnx": export_onnx(int8, workdir / paths.INT8_ONNX),
-             "int8_torchscript": workdir / paths.INT8_TORCHSCRIPT}
-    int8_ts = export_torchscript(int8, files["int8_torchscript"])
-    files["int8_onnx_modified"] = workdir / paths.INT8_ONNX_MODIFIED
-    onnx.save(make_tensorrt_ready(load_onnx(files["int8_onnx"]))[0], str(files["int8_onnx_modified"]))
+    result = quantize_to_tensorrt(fp32, calib, workdir)
+    files = {"fp32_state_dict": args.checkpoint, "fp32_onnx": result.paths.fp32_onnx,
+             "int8_onnx": result.paths.int8_onnx, "int8_torchscript": result.paths.int8_torchscript,
+             "int8_onnx_modified": result.paths.int8_onnx_modified}
     engine = torch.backends.quantized.engine
     try:
         reference = quantize(fuse(fp32)[0], calib[:1], activation_dtype="qint8", engine="qnnpack")
@@ -68,8 +65,8 @@ def build_artifacts(args, workdir: Path) -> dict:
         reference, ref_note = None, str(exc)
     finally:
         torch.backends.quantized.engine = engine  # our INT8 model keeps running on its own engine
-    return {"fp32": fp32, "int8": int8, "int8_ts": int8_ts, "reference": reference, "reference_note": ref_note,
-            "files": files}
+    return {"fp32": fp32, "int8": result.int8, "int8_ts": result.int8_torchscript, "reference": reference,
+            "reference_note": ref_note, "files": files}
 
 
 def runs_for(batch: int, runs: int) -> int:
@@ -79,34 +76,28 @@ def runs_for(batch: int, runs: int) -> int:
 def cpu_rows(a: dict, batches: list, runs: int) -> list:
     from eager2trt.verify import ort_session
 
-    rows, default_threads = [], torch.get_num_threads()
-    models = [("PyTorch eager", "FP32", a["fp32"]), ("PyTorch eager", "INT8 (ours)", a["int8"]),
-              ("PyTorch TorchScript", "INT8 (ours)", a["int8_ts"])]
-    for threads in sorted({1, default_threads}):
-        torch.set_num_threads(threads)
-        ort = [("onnxruntime", "FP32", ort_session(a["files"]["fp32_onnx"], optimize=True, threads=threads)),
-               ("onnxruntime", "INT8 Q/DQ", ort_session(a["files"]["int8_onnx_modified"], optimize=True,
-                                                        threads=threads)),
-               # the export before surgery: uint8 activations (U8S8), the layout onnxruntime's x86 kernels prefer
-               ("onnxruntime", "INT8 Q/DQ uint8 export", ort_session(a["files"]["int8_onnx"], optimize=True,
-                                                                     threads=threads))]
-        for batch in batches:
-            x = torch.randn(batch, 3, 32, 32)
-            n = runs_for(batch, runs)
-            with torch.no_grad():
-                for backend, precision, m in models:
-                    rows.append(row(backend, precision, "CPU", threads, measure(lambda: m(x), runs=n, batch_size=batch)))
-                if a["reference"] is not None:
-                    rows.append(row("PyTorch eager", "INT8 (reference: qint8, qnnpack)", "CPU", threads,
-                                    measure(lambda: a["reference"](x), runs=n, batch_size=batch)))
-                elif threads == 1 and batch == batches[0]:
-                    rows.append(row("PyTorch eager", "INT8 (reference: qint8, qnnpack)", "CPU", threads, None,
-                                    note="unsupported on this build"))
-            xn = x.numpy()
-            for backend, precision, s in ort:
-                rows.append(row(backend, precision, "CPU", threads,
-                                measure(lambda: s.run(None, {"input": xn}), runs=n, batch_size=batch)))
-    torch.set_num_threads(default_threads)
+    def fns(threads: int, x: torch.Tensor) -> list:
+        out = [(("PyTorch eager", "FP32"), lambda: a["fp32"](x)), (("PyTorch eager", "INT8 (ours)"), lambda: a["int8"](x)),
+               (("PyTorch TorchScript", "INT8 (ours)"), lambda: a["int8_ts"](x))]
+        if a["reference"] is not None:
+            out.append((("PyTorch eager", "INT8 (reference: qint8, qnnpack)"), lambda: a["reference"](x)))
+        xn = x.numpy()
+        # the export before surgery: uint8 activations (U8S8), the layout onnxruntime's x86 kernels prefer
+        for precision, key in (("FP32", "fp32_onnx"), ("INT8 Q/DQ", "int8_onnx_modified"),
+                               ("INT8 Q/DQ uint8 export", "int8_onnx")):
+            s = ort_session(a["files"][key], optimize=True, threads=threads)
+            out.append((("onnxruntime", precision), lambda s=s: s.run(None, {contract.INPUT_NAME: xn})))
+        return out
+
+    rows = []
+    if a["reference"] is None:
+        rows.append(row("PyTorch eager", "INT8 (reference: qint8, qnnpack)", "CPU", 1, None,
+                        note="unsupported on this build"))
+    for batch in batches:
+        x = torch.randn(contract.image_batch_shape(batch))
+        with torch.no_grad():
+            for r in thread_sweep(lambda threads: fns(threads, x), runs_for(batch, runs), batch_size=batch):
+                rows.append(row(*r["label"], "CPU", r["threads"], r))
     return rows
 
 
@@ -115,10 +106,9 @@ def cuda_rows(fp32: torch.nn.Module, batches: list, runs: int) -> list:
         return []
     rows = []
     for precision, dtype in (("FP32", torch.float32), ("FP16", torch.float16)):
-        model = build_model().cuda().eval().to(dtype)
-        model.load_state_dict(fp32.state_dict())
+        model = copy.deepcopy(fp32).cuda().eval().to(dtype)
         for batch in batches:
-            x = torch.randn(batch, 3, 32, 32, device="cuda", dtype=dtype)
+            x = torch.randn(contract.image_batch_shape(batch), device="cuda", dtype=dtype)
             with torch.no_grad():
                 rows.append(row("PyTorch eager", precision, "CUDA", None,
                                 measure(lambda: model(x), runs=runs, warmup=20, sync=torch.cuda.synchronize,
@@ -177,12 +167,12 @@ def _peak_rss_child(kind: str, files: dict, queue) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "FP32":
-            model = load_state_dict(build_model(), files["fp32_state_dict"], "resnet18").eval()
+            model = load_state_dict(build_model(files["arch"]), files["fp32_state_dict"], files["arch"]).eval()
         else:
             model = torch.jit.load(str(files["int8_torchscript"]))
     with torch.no_grad():
         for _ in range(20):
-            model(torch.randn(1, 3, 32, 32))
+            model(torch.randn(contract.image_batch_shape(1)))
     queue.put((base, _rss_kib(), _rss_kib("VmHWM")))
 
 
@@ -235,7 +225,7 @@ def ratios(rows: list) -> dict:
     return out
 
 
-def plot(rows: list, path: Path) -> None:
+def plot(rows: list, path: Path, arch: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -249,7 +239,7 @@ def plot(rows: list, path: Path) -> None:
     ax.set_yticks(range(len(sel)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("median latency, batch 1 (ms, lower is better)")
-    ax.set_title("ResNet18 CIFAR-10 inference: INT8 (orange) vs float (blue)")
+    ax.set_title(f"{arch} CIFAR-10 inference: INT8 (orange) vs float (blue)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -266,7 +256,7 @@ def main(args) -> dict:
         rows = cpu_rows(a, args.batch_sizes, args.runs)
         rows += cuda_rows(a["fp32"], args.batch_sizes, args.runs)
         rows += tensorrt_rows(args.engines, args.batch_sizes, args.runs)
-        memory = peak_memory(a["files"])
+        memory = peak_memory({**a["files"], "arch": args.arch})
     env = environment()
     result = {"rows": rows, "int8_over_fp32": ratios(rows), "memory": memory, "file_sizes_bytes": sizes,
               "reference_scheme": a["reference_note"] or "runs on this build", "environment": env}
@@ -275,7 +265,7 @@ def main(args) -> dict:
     table = markdown(rows, memory, sizes, env)
     with atomic_path(args.output_dir / "benchmark.md") as t:
         t.write_text(table)
-    plot(rows, args.output_dir / "benchmark.png")
+    plot(rows, args.output_dir / "benchmark.png", args.arch)
     print("INT8/FP32 latency ratios (below 1: INT8 faster): " +
           ", ".join(f"{k} {v:.2f}" for k, v in result["int8_over_fp32"].items()))
     print(table)

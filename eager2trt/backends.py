@@ -94,7 +94,7 @@ class TensorRTBackend:
         from .tensorrt_runtime import Engine
 
         self.engine = Engine(path)
-        self.quantized = self.engine.is_int8()
+        self.quantized = engine_is_int8(self.engine)
 
     def describe(self) -> list[dict]:
         return self.engine.describe()
@@ -127,6 +127,19 @@ class TensorRTBackend:
                 total.append(ev[0].elapsed_time(ev[3]))
         return {**summarize(total, batch), "gpu_compute": summarize(compute, batch),
                 "h2d": summarize(h2d, batch), "d2h": summarize(d2h, batch)}
+
+
+def engine_is_int8(engine) -> bool:
+    """Whether an engine runs INT8 layers, read from the engine (inspector report, else I/O types)."""
+    trt, cuda_engine = engine.trt, engine.engine
+    try:
+        info = cuda_engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    except AttributeError:  # an inspector-less build: fall back to the I/O tensor types
+        info = ""
+    if "int8" in info.lower():  # layer precisions/formats such as "Int8 NC/32HW32" (detailed profiling verbosity)
+        return True
+    names = engine.inputs + engine.outputs
+    return any(cuda_engine.get_tensor_dtype(n) == trt.int8 for n in names)
 
 
 @dataclass

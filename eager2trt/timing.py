@@ -59,3 +59,23 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+def thread_sweep(make_fns: Callable[[int], list], runs: int, batch_size: int = 1,
+                 sync: Optional[Callable[[], None]] = None) -> list[dict]:
+    """Time each (label, fn) that `make_fns(threads)` returns at 1 thread and at the default thread count.
+
+    `make_fns` is called once per thread count because some runtimes (onnxruntime) fix theirs at creation.
+    The default thread count is restored afterwards, also on error.
+    """
+    default = torch.get_num_threads()
+    out = []
+    try:
+        for threads in sorted({1, default}):
+            torch.set_num_threads(threads)
+            for label, fn in make_fns(threads):
+                out.append({"label": label, "threads": threads,
+                            **measure(fn, runs=runs, batch_size=batch_size, sync=sync)})
+    finally:
+        torch.set_num_threads(default)
+    return out

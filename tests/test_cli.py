@@ -137,3 +137,16 @@ def test_every_cli_has_help():
     for script in ("resnet_torch.py", "onnx_gs.py", "resnet_tensorrt.py", "bench/train_speed.py"):
         proc = run_script(ROOT / script, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout and "(default:" in proc.stdout, script
+
+
+def test_resnet_tensorrt_without_a_pytorch_record_fails_in_one_sentence(tmp_path):
+    from eager2trt import metrics
+
+    m = tmp_path / "metrics.json"
+    metrics.update(m, "onnx_gs", {"note": "no pytorch section"})
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(fp32_graph(), str(fp32))
+    proc = run_script(ROOT / "resnet_tensorrt.py", "--onnx", fp32, "--metrics", m, "--data-dir", tmp_path)
+    assert_one_sentence(proc, f"{m} has no pytorch.fp32_accuracy", "run python resnet_torch.py")
+    proc = run_script(ROOT / "resnet_tensorrt.py", "--onnx", fp32, "--metrics", tmp_path / "none.json")
+    assert_one_sentence(proc, "does not exist or is empty")

@@ -1,0 +1,103 @@
+"""Validate a TensorRT engine, or an ONNX model in onnxruntime (--onnx), on all CIFAR-10 test images.
+
+Prints the I/O tensors and the accuracy, and holds it to the PyTorch accuracy that resnet_torch.py recorded
+in metrics.json (within 0.1 points; a missing record is an error, unless --reference none). --benchmark
+adds a trtexec-style latency summary. There is no automatic fallback: without TensorRT, pass --onnx.
+"""
+
+import argparse
+from pathlib import Path
+
+from .. import contract, metrics
+from ..artifacts import write_json
+from ..backends import OnnxBackend, TensorRTBackend, evaluate
+from ..data import load_cifar10
+from ..errors import PipelineError, run_cli
+from ..timing import environment
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--engine", type=Path, default=None,
+                     help=f"TensorRT engine (when neither is given: {contract.OUTPUT_DIR / contract.INT8_ENGINE})")
+    src.add_argument("--onnx", type=Path, default=None, help="evaluate this ONNX model in onnxruntime instead")
+    p.add_argument("--data-dir", type=Path, default=contract.DATA_DIR, help="CIFAR-10 root")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default: the engine profile's largest batch up to 256; 500 for ONNX")
+    p.add_argument("--reference", choices=["auto", "int8", "fp32", "none"], default="auto",
+                   help="PyTorch accuracy to match within 0.1 points; auto: int8 when the model is quantized "
+                        "(Q/DQ nodes or INT8 layers), else fp32")
+    p.add_argument("--benchmark", action="store_true", help="also measure latency and throughput")
+    p.add_argument("--benchmark-batch", type=int, default=1, help="batch size for --benchmark")
+    p.add_argument("--runs", type=int, default=500, help="timed inferences for --benchmark")
+    p.add_argument("--metrics", type=Path, default=contract.OUTPUT_DIR / contract.METRICS,
+                   help="metrics.json holding the PyTorch accuracy; the result is added to it")
+    return p
+
+
+def print_io(rows: list[dict]) -> None:
+    for r in rows:
+        print(f"{r['mode']:<6} {r['name']}: shape {r['shape']}, dtype {r['dtype']}, format {r['format']}")
+
+
+def print_benchmark(b: dict) -> None:
+    print(f"=== Performance summary (batch {b['batch_size']}, {b['runs']} runs) ===")
+    print(f"Throughput: {b['throughput_per_s']:.1f} qps")
+    print(f"Latency: min = {b['min_ms']:.4f} ms, max = {b['max_ms']:.4f} ms, mean = {b['mean_ms']:.4f} ms, "
+          f"median = {b['median_ms']:.4f} ms, percentile(90%) = {b['p90_ms']:.4f} ms, "
+          f"percentile(95%) = {b['p95_ms']:.4f} ms, percentile(99%) = {b['p99_ms']:.4f} ms")
+    for key, label in (("h2d", "H2D Latency"), ("gpu_compute", "GPU Compute Time"), ("d2h", "D2H Latency")):
+        if key in b:
+            s = b[key]
+            print(f"{label}: min = {s['min_ms']:.4f} ms, mean = {s['mean_ms']:.4f} ms, median = {s['median_ms']:.4f} ms,"
+                  f" percentile(99%) = {s['p99_ms']:.4f} ms")
+
+
+def validate(args) -> None:
+    for flag, value in (("--batch-size", args.batch_size), ("--benchmark-batch", args.benchmark_batch),
+                        ("--runs", args.runs)):
+        if value is not None and value <= 0:
+            raise PipelineError(f"{flag} must be positive, got {value}")
+
+
+def main(args) -> int:
+    validate(args)
+    if args.onnx is not None:
+        backend, model_path = OnnxBackend(args.onnx), args.onnx
+    else:
+        model_path = args.engine or contract.OUTPUT_DIR / contract.INT8_ENGINE
+        backend = TensorRTBackend(model_path)
+    which = ("int8" if backend.quantized else "fp32") if args.reference == "auto" else args.reference
+    # read the reference before the long evaluation: a missing record fails in a second, not after it
+    ref = metrics.PyTorchAccuracy.read(args.metrics).of(which) if which != "none" else None
+    print_io(backend.describe())
+    test = load_cifar10(args.data_dir)["test"]
+    accuracy = evaluate(backend, test, args.batch_size or backend.default_batch()).accuracy
+    print(f"{backend.name} accuracy of {model_path.name} on {len(test)} test images: {accuracy:.4f}")
+    result = {"backend": backend.name, "model": str(model_path), "accuracy": accuracy, "samples": len(test),
+              "quantized": backend.quantized}
+    status = 0
+    if ref is not None:
+        matches = abs(accuracy - ref) <= contract.ACCURACY_MATCH
+        result.update(reference=which, reference_accuracy=ref, matches_reference=matches)
+        print(f"{'matches' if matches else 'DOES NOT match'} PyTorch {which.upper()} accuracy {ref:.4f} within "
+              f"{100 * contract.ACCURACY_MATCH:.1f} points (difference {100 * (accuracy - ref):+.2f} points)")
+        status = 0 if matches else 1
+    if args.benchmark:
+        bench = backend.benchmark(args.benchmark_batch, args.runs)
+        bench["environment"] = environment()
+        write_json(args.metrics.parent / f"benchmark_{backend.name}_{model_path.stem}.json", bench)
+        print_benchmark(bench)
+        result["benchmark"] = {k: v for k, v in bench.items() if k != "environment"}
+    metrics.update(args.metrics, "validation", {model_path.name: result})
+    return status
+
+
+def _exit_with(code: int) -> None:
+    if code:
+        raise SystemExit(code)
+
+
+def run() -> None:
+    run_cli(lambda: _exit_with(main(get_args_parser().parse_args())))
