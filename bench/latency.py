@@ -129,6 +129,7 @@ def cuda_rows(fp32: torch.nn.Module, batches: list, runs: int) -> list:
 
 
 def tensorrt_rows(engines: list, batches: list, runs: int) -> list:
+    """One row per engine and batch its profile accepts; a reason row per engine where no GPU is visible."""
     rows = []
     try:
         from eager2trt.tensorrt_runtime import Engine
@@ -136,11 +137,16 @@ def tensorrt_rows(engines: list, batches: list, runs: int) -> list:
     except ImportError:
         return rows
     for path in (p for p in engines if p.is_file()):
+        # resnet_cifar10_fp16 -> FP16, resnet_cifar10_int8 -> INT8, resnet_cifar10_int8_fast -> INT8 FAST
+        precision = path.stem.removeprefix("resnet_cifar10_").replace("_", " ").upper()
+        if not torch.cuda.is_available():  # tensorrt imports without a GPU; Engine() would abort the benchmark
+            rows.append(row("TensorRT", precision, "CUDA", None, None, note="skipped: no CUDA GPU visible"))
+            continue
         engine = Engine(path)
         lo, hi = engine.batch_range()
         for batch in (b for b in batches if lo <= b <= hi):
             x = torch.randn(batch, 3, 32, 32, device="cuda")
-            rows.append(row("TensorRT", path.stem.rsplit("_", 1)[-1].upper(), "CUDA", None,
+            rows.append(row("TensorRT", precision, "CUDA", None,
                             measure(lambda: engine(x), runs=runs, warmup=20, sync=torch.cuda.synchronize,
                                     batch_size=batch)))
     return rows

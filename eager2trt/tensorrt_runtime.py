@@ -3,7 +3,7 @@
 Only documented calls: Runtime.deserialize_cuda_engine, ICudaEngine.num_io_tensors /
 get_tensor_name / get_tensor_mode / get_tensor_shape / get_tensor_dtype / get_tensor_format_desc /
 get_tensor_profile_shape, IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3.
-Device buffers and the stream are torch CUDA tensors and torch's current stream (no pycuda).
+Device buffers are torch CUDA tensors and the stream a torch.cuda.Stream of the engine's own (no pycuda).
 """
 
 from pathlib import Path
@@ -25,11 +25,16 @@ def import_tensorrt():
     return tensorrt
 
 
-def _torch_dtype(trt, dtype):
+def _torch_dtype(trt, dtype, name: str) -> torch.dtype:
+    """The torch dtype for an engine I/O tensor, or one sentence naming the tensor and its unsupported type."""
     table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8,
              trt.int32: torch.int32, trt.bool: torch.bool}
     if hasattr(trt, "bfloat16"):
         table[trt.bfloat16] = torch.bfloat16
+    if dtype not in table:  # int64, uint8, FP8, INT4, FP4...: not an image classifier's float input or logits
+        raise PipelineError(f"engine tensor {name!r} has type {dtype}, which this runtime does not feed or read "
+                            f"(it takes float32, float16, bfloat16, int8, int32 or bool I/O); export the model "
+                            f"with a float32 input and output and rebuild the engine")
     return table[dtype]
 
 
@@ -57,6 +62,10 @@ class Engine:
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise PipelineError(f"{path} has inputs {self.inputs} and outputs {self.outputs}; this tool expects one "
                                 f"image input and one logits output")
+        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n), n) for n in names}
+        # TensorRT warns that enqueueing on the legacy default stream costs extra synchronization; like
+        # Torch-TensorRT and Polygraphy, run on a stream of our own, ordered against the caller's at each call.
+        self.stream = torch.cuda.Stream()
 
     def describe(self) -> list[dict]:
         """Name, shape, dtype and format of each I/O tensor, as the reference prints them."""
@@ -83,15 +92,18 @@ class Engine:
         if not lo <= x.shape[0] <= hi or list(x.shape[1:]) != expected:
             raise PipelineError(f"input shape {list(x.shape)} is outside the engine's profile (batch {lo}..{hi}, "
                                 f"image {expected}); pass --batch-size within it or rebuild with SHAPES=...")
-        trt = self.trt
-        x = x.to(_torch_dtype(trt, self.engine.get_tensor_dtype(self.inputs[0]))).contiguous()
+        # Input copy and output are allocated on the caller's stream, so the caching allocator reuses them only
+        # for later work on that stream, which the wait below orders after TensorRT has finished with them.
+        caller = torch.cuda.current_stream()
+        x = x.to(self.dtypes[self.inputs[0]]).contiguous()
         self.context.set_input_shape(self.inputs[0], tuple(x.shape))
         out_shape = tuple(self.context.get_tensor_shape(self.outputs[0]))
-        out = torch.empty(out_shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(self.outputs[0])),
-                          device=x.device)
+        out = torch.empty(out_shape, dtype=self.dtypes[self.outputs[0]], device=x.device)
         self.context.set_tensor_address(self.inputs[0], x.data_ptr())
         self.context.set_tensor_address(self.outputs[0], out.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+        self.stream.wait_stream(caller)  # TensorRT reads the input only once the caller's stream has written it
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise PipelineError("TensorRT failed to enqueue the inference (execute_async_v3 returned False); "
                                 "see the TensorRT log above")
+        caller.wait_stream(self.stream)  # the caller's later work sees the finished logits
         return out.float()

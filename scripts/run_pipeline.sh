@@ -21,9 +21,20 @@ $PY onnx_gs.py --input "$OUT/resnet_quantized_cifar10.onnx" --output "$OUT/resne
 $PY -m eager2trt.fp16 --input "$OUT/resnet_cifar10.onnx" --output "$OUT/resnet_cifar10_fp16.onnx" --data-dir "$DATA"
 $PY resnet_tensorrt.py --onnx "$OUT/resnet_quantized_cifar10_modified.onnx" --data-dir "$DATA" \
   --metrics "$OUT/metrics.json"
+# NGC TensorRT images put trtexec in one of these without always adding it to PATH
+for dir in /opt/tensorrt/bin /usr/src/tensorrt/bin; do
+  command -v trtexec >/dev/null 2>&1 || [ ! -x "$dir/trtexec" ] || PATH="$dir:$PATH"
+done
 if command -v trtexec >/dev/null 2>&1; then
-  OUTPUT_DIR=$OUT scripts/build_engines.sh
+  OUTPUT_DIR=$OUT PYTHON=$PY scripts/build_engines.sh
   $PY resnet_tensorrt.py --engine "$OUT/resnet_cifar10_int8.engine" --data-dir "$DATA" --metrics "$OUT/metrics.json"
+  if [ -f "$OUT/resnet_quantized_cifar10_fast.onnx" ]; then  # build_engines.sh built the fast engine too
+    $PY resnet_tensorrt.py --engine "$OUT/resnet_cifar10_int8_fast.engine" --data-dir "$DATA" \
+      --metrics "$OUT/metrics.json"
+  fi
+elif [ "${EAGER2TRT_REQUIRE_TENSORRT:-0}" = 1 ]; then
+  echo "error: EAGER2TRT_REQUIRE_TENSORRT=1 (set in the Docker image) but trtexec is not on PATH, in /opt/tensorrt/bin or in /usr/src/tensorrt/bin; use an NGC TensorRT base image, or unset the variable to skip the engines" >&2
+  exit 2
 else
   echo "trtexec not found: TensorRT engines skipped (use the Docker image, see README)."
 fi
