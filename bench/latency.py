@@ -35,7 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128], help="batch sizes to time")
     p.add_argument("--runs", type=int, default=200, help="timed runs per figure at batch 1 (fewer for large batches)")
     p.add_argument("--engines", type=Path, nargs="*", default=[contract.OUTPUT_DIR / contract.FP16_ENGINE,
-                                                               contract.OUTPUT_DIR / contract.INT8_ENGINE],
+                                                               contract.OUTPUT_DIR / contract.INT8_ENGINE,
+                                                               contract.OUTPUT_DIR / contract.INT8_FAST_ENGINE],
                    help="TensorRT engines to time where tensorrt and a GPU are present")
     return p
 
