@@ -153,6 +153,7 @@ def no_dangling_qdq(graph: gs.Graph) -> list[Finding]:
     return [Finding("no-dangling-qdq", n.name, n.op, "feeds " + (", ".join(sorted({c.op for c in n.outputs[0].outputs}))
                                                                or "the graph output") + ", no INT8 operation")
             for n in graph.nodes if n.op == "DequantizeLinear" and _source_op(n.inputs[0]) == "QuantizeLinear"
+            and isinstance(n.inputs[0].inputs[0].inputs[0], gs.Variable)  # weights quantized in-graph are not pairs
             and not _reaches_int8_input(n.outputs[0])]
 
 

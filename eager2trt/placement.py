@@ -40,12 +40,12 @@ def producer(t) -> Optional[gs.Node]:
 
 
 def qdq_pair(t) -> Optional[tuple[gs.Node, gs.Node]]:
-    """(QuantizeLinear, DequantizeLinear) when activation `t` is a DQ output fed directly by a Q, else None."""
+    """(QuantizeLinear, DequantizeLinear) when `t` is a DQ output fed directly by a Q of an activation, else None."""
     dq = producer(t)
     if dq is None or dq.op != "DequantizeLinear":
         return None
     q = producer(dq.inputs[0])
-    return (q, dq) if q is not None and q.op == "QuantizeLinear" else None
+    return (q, dq) if q is not None and q.op == "QuantizeLinear" and isinstance(q.inputs[0], gs.Variable) else None
 
 
 def ancestor_distances(t) -> dict[int, int]:
