@@ -30,7 +30,7 @@ FP16_LOSS_NOTE = ("onnxruntime runs QuantizeLinear on FP16 inputs in FP16 arithm
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.INT8_ONNX)
-    p.add_argument("--output", type=Path, help=f"default: {paths.OUTPUT_DIR / paths.INT8_ONNX_MODIFIED} (exact), "
+    p.add_argument("--output", type=Path, help=f"when omitted: {paths.OUTPUT_DIR / paths.INT8_ONNX_MODIFIED} (exact), "
                                                 f"{paths.OUTPUT_DIR / paths.INT8_ONNX_FAST} (fast)")
     p.add_argument("--mode", default="exact", choices=MODES,
                    help="exact: the export's arithmetic bit for bit; fast: also move and drop Q/DQ so TensorRT fuses "
@@ -40,11 +40,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="also check on the real CIFAR-10 test images (exact: equivalence; "
                                                  "fast: accuracy against PyTorch INT8)")
     p.add_argument("--fp32", type=Path, help="fast mode without --data-dir: FP32 ONNX for the random-input error "
-                                             f"check (default: {paths.FP32_ONNX} beside --input when it is named "
+                                             f"check (when omitted: {paths.FP32_ONNX} beside --input when it is named "
                                              f"{paths.INT8_ONNX})")
     p.add_argument("--torchscript", type=Path, help="fast mode: PyTorch INT8 TorchScript for argmax agreement "
-                                                    f"(default: {paths.INT8_TORCHSCRIPT} beside --input if present, "
-                                                    f"else the exported INT8 graph's logits)")
+                                                    f"(when omitted: {paths.INT8_TORCHSCRIPT} beside --input when it is named "
+                                                    f"{paths.INT8_ONNX}, else the exported INT8 graph's logits)")
     p.add_argument("--no-verify", action="store_true", help="skip the lint and the equivalence check")
     p.add_argument("--allow-fp32", action="store_true", help="pass a graph with no Q/DQ through instead of failing")
     p.add_argument("--atol", type=float, default=EQUIVALENCE_ATOL, help="equivalence bound on max abs difference")
