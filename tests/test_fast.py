@@ -265,14 +265,29 @@ def test_onnx_gs_fast_cli_fails_in_one_sentence(tmp_path):
 ARCHS = {"resnet18": 8, "resnet50": 16, "mobilenet_v2": 10, "mobilenet_v3_large": 10}
 
 
+def settle_batchnorm(model, gen):
+    """BatchNorm statistics of random inputs, in eval mode. With torchvision's MobileNet init the logits are
+    ~1e-10 and quantize to 0 in every graph, which would make the error bound vacuous."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(16, 3, 32, 32, generator=gen))
+    return model.eval()
+
+
 @pytest.fixture(scope="module", params=list(ARCHS))
 def exported(request, tmp_path_factory):
     """Random-weight torchvision quantizable CNN: FP32 ONNX and eager-quantized INT8 ONNX (project qconfig)."""
     torch.manual_seed(0)
     arch, out = request.param, tmp_path_factory.mktemp(request.param)
-    model = getattr(qmodels, arch)(weights=None, quantize=False, num_classes=10).eval()
-    fused, _ = fuse(model)
     gen = torch.Generator().manual_seed(0)
+    model = getattr(qmodels, arch)(weights=None, quantize=False, num_classes=10)
+    model = settle_batchnorm(model, gen) if arch.startswith("mobilenet") else model.eval()
+    fused, _ = fuse(model)
     int8 = quantize(fused, [torch.randn(8, 3, 32, 32, generator=gen) for _ in range(2)])
     return arch, out, export_onnx(fused, out / "resnet_cifar10.onnx"), export_onnx(int8, out / "resnet_quantized_cifar10.onnx")
 
@@ -288,7 +303,7 @@ def test_fast_mode_generality(exported):
     assert summary["fusable_residual_adds"] == summary["residual_adds"] == ARCHS[arch]
     inputs = random_batches(n=2, shape=(4, 3, 32, 32))
     res = error_ratio(surgery.load_onnx(fp32_path), original, fast, inputs)
-    assert res["ok"], res
+    assert res["ok"] and res["exact_error"] > 1e-3, res  # measured ratios 0.86-0.96
     fp16 = placement.with_high_precision(fast, dict(report, rewrites=dict(report["rewrites"])), "fp16")
     assert not any(lint.lint(fp16, performance="error").values())
     assert error_ratio(surgery.load_onnx(fp32_path), original, fp16, inputs)["ok"]
