@@ -317,3 +317,16 @@ def test_fast_cli_random_input_bound_uses_the_fp32_onnx_beside_the_input(exporte
                       "--metrics", out / "m.json")
     assert proc.returncode == 0, proc.stderr
     assert "vs FP32 resnet_cifar10.onnx on 32 random inputs" in proc.stdout and "(bound 1.25)" in proc.stdout
+
+
+def test_anchors_bench_says_in_one_sentence_when_modelopt_is_missing(tmp_path):
+    pytest.importorskip("onnxruntime")
+    try:
+        import modelopt  # noqa: F401
+        pytest.skip("ModelOpt is installed here; this test covers machines without it")
+    except ImportError:
+        pass
+    proc = run_script(ROOT / "bench" / "anchors.py", "--output", tmp_path / "a", "--data-dir", tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "ModelOpt is not installed" in proc.stderr and "--modelopt-python" in proc.stderr
+    assert not list(tmp_path.glob("a.*"))
