@@ -4,11 +4,17 @@ Rules from the TensorRT 10/11 developer guide ("Explicit Quantization", "Q/DQ La
 and the ONNX-TensorRT operator notes: int8 Q/DQ with zero point 0; per-channel scales only on
 constant weights along the output-channel axis; per-tensor activations; Q feeds DQ directly; integer
 tensors reach compute ops only through DequantizeLinear; opset >= 13 (per-axis Q/DQ).
+Performance rules (warnings for the exact graph, errors for fast mode): every residual Add fusable
+into its conv (one input straight from a Conv, the skip through DequantizeLinear: TensorRT's Q/DQ
+layer-placement guide), and no Q/DQ pair that feeds no INT8 operation. They are written here on their
+own, not imported from the rewriter they check.
 Known limitations: shapes are not inferred, so per-channel counts are checked against constant
-weights only; FP8/INT4 rules are out of scope.
+weights only; FP8/INT4 rules are out of scope; the unfused-elementwise figure is a prediction from the
+graph's structure, not TensorRT's layer report.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -18,6 +24,12 @@ from .onnx_utils import fold_constant_inputs, qdq_nodes, zero_point
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 MIN_OPSET = 13
+# Inputs TensorRT runs as INT8 when a DequantizeLinear feeds them: op -> activation input indices.
+INT8_INPUTS = {"Conv": (0,), "ConvTranspose": (0,), "Gemm": (0,), "MatMul": (0, 1), "MaxPool": (0,),
+               "AveragePool": (0,), "GlobalAveragePool": (0,), "GlobalMaxPool": (0,)}
+TRANSPARENT_OPS = ("Relu", "Flatten", "Reshape", "Concat")  # Q/DQ commute with these
+BINARY_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow")
+PERFORMANCE_LEVELS = ("warning", "error")
 
 
 @dataclass
@@ -98,26 +110,119 @@ def compute_inputs_float(graph: gs.Graph) -> list[Finding]:
     return out
 
 
+def _source_op(t):
+    return t.inputs[0].op if isinstance(t, gs.Variable) and t.inputs else None
+
+
+def _residual_adds(graph: gs.Graph) -> list:
+    """Adds of two activations, at least one straight from a Conv or a DequantizeLinear (quantized residuals)."""
+    return [n for n in graph.nodes if n.op == "Add" and len(n.inputs) == 2
+            and all(isinstance(t, gs.Variable) and t.inputs for t in n.inputs)
+            and any(_source_op(t) in ("Conv", "DequantizeLinear") for t in n.inputs)]
+
+
+def _fusable(add: gs.Node) -> bool:
+    return sorted(_source_op(t) for t in add.inputs) == ["Conv", "DequantizeLinear"]
+
+
+def residual_add_fusable(graph: gs.Graph) -> list[Finding]:
+    """Each residual Add has one input straight from a Conv and a DQ skip, so TensorRT fuses Conv+Add(+ReLU)."""
+    return [Finding("residual-add-fusable", n.name, n.op,
+                    f"inputs come from {' and '.join(str(_source_op(t)) for t in n.inputs)}: TensorRT runs it as "
+                    f"a separate elementwise layer; feed the conv branch to the Add without Q/DQ")
+            for n in _residual_adds(graph) if not _fusable(n)]
+
+
+def _reaches_int8_input(t) -> bool:
+    """True when `t` reaches an INT8 input or a fusable Add's skip, through Relu/Flatten/Reshape/Concat."""
+    stack, seen = [t], set()
+    while stack:
+        tensor = stack.pop()
+        for n in tensor.outputs:
+            slots = [i for i, x in enumerate(n.inputs) if x is tensor]
+            if any(i in INT8_INPUTS.get(n.op, ()) for i in slots) or (n.op == "Add" and _fusable(n)):
+                return True
+            if n.op in TRANSPARENT_OPS and 0 in slots and id(n) not in seen:
+                seen.add(id(n))
+                stack.extend(n.outputs)
+    return False
+
+
+def no_dangling_qdq(graph: gs.Graph) -> list[Finding]:
+    """Every activation Q/DQ pair feeds an INT8 operation; others only add rounding and kernels."""
+    return [Finding("no-dangling-qdq", n.name, n.op, "feeds " + (", ".join(sorted({c.op for c in n.outputs[0].outputs}))
+                                                               or "the graph output") + ", no INT8 operation")
+            for n in graph.nodes if n.op == "DequantizeLinear" and _source_op(n.inputs[0]) == "QuantizeLinear"
+            and isinstance(n.inputs[0].inputs[0].inputs[0], gs.Variable)  # weights quantized in-graph are not pairs
+            and not _reaches_int8_input(n.outputs[0])]
+
+
+def high_precision(graph: gs.Graph) -> str:
+    """The float type of the Q/DQ scales, e.g. 'fp32', 'fp16', or 'fp16 (3 of 40 Q/DQ scales fp32)'."""
+    kinds = [np.dtype(n.inputs[1].values.dtype) for n in qdq_nodes(graph) if isinstance(n.inputs[1], gs.Constant)]
+    names = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16"}
+    if not kinds:
+        return "none (no Q/DQ)"
+    n32 = sum(k == np.float32 for k in kinds)
+    if n32 in (0, len(kinds)):
+        return names.get(kinds[0], kinds[0].name)
+    return f"fp16 ({n32} of {len(kinds)} Q/DQ scales fp32)"
+
+
+def performance_summary(model: onnx.ModelProto) -> dict:
+    """High-precision type, fusable residual Adds, and the elementwise layers TensorRT would leave unfused."""
+    graph = gs.import_onnx(model)
+    fold_constant_inputs(graph)
+    adds = _residual_adds(graph)
+    fusable = sum(_fusable(n) for n in adds)
+    binary = [n for n in graph.nodes if n.op in BINARY_ELEMENTWISE and len(n.inputs) == 2
+              and all(isinstance(t, gs.Variable) for t in n.inputs)]
+    unfused = sum(not (n.op == "Add" and _fusable(n)) for n in binary)
+    return {"high_precision": high_precision(graph), "residual_adds": len(adds), "fusable_residual_adds": fusable,
+            "unfused_elementwise": unfused}
+
+
+def print_performance(summary: dict) -> None:
+    print(f"  high precision (Q/DQ scale type, what non-INT8 layers run in under strong typing): "
+          f"{summary['high_precision']}")
+    print(f"  residual Adds fusable into their Conv (direct Conv input + DQ skip): "
+          f"{summary['fusable_residual_adds']}/{summary['residual_adds']}")
+    print(f"  predicted TensorRT elementwise layers left unfused: {summary['unfused_elementwise']}")
+
+
 RULES = (opset_supports_qdq, zero_points_int8_zero, dequantize_inputs_int8, scales_per_channel_on_weights_only,
          quantize_feeds_dequantize, compute_inputs_float)
+PERFORMANCE_RULES = (residual_add_fusable, no_dangling_qdq)
 
 
-def lint(model: onnx.ModelProto) -> dict[str, list[Finding]]:
-    """Run every rule; return findings keyed by rule function name (empty list = pass)."""
+def lint(model: onnx.ModelProto, performance: Optional[str] = None) -> dict[str, list[Finding]]:
+    """Run every rule, plus the performance rules at level `performance` ('warning' or 'error') if given;
+    return findings keyed by rule function name (empty list = pass)."""
+    if performance is not None and performance not in PERFORMANCE_LEVELS:
+        raise ValueError(f"performance level {performance!r}; choose one of {PERFORMANCE_LEVELS}")
     graph = gs.import_onnx(model)
     fold_constant_inputs(graph)  # resolve Constant nodes into values, Q/DQ kept
-    return {rule.__name__: rule(graph) for rule in RULES}
+    results = {rule.__name__: rule(graph) for rule in RULES}
+    for rule in PERFORMANCE_RULES if performance else ():
+        results[rule.__name__] = [replace(f, level=performance) for f in rule(graph)]
+    return results
+
+
+def passed(results: dict[str, list[Finding]]) -> bool:
+    """True when no finding is an error (warnings allowed)."""
+    return not any(f.level == "error" for findings in results.values() for f in findings)
 
 
 def print_lint(results: dict[str, list[Finding]]) -> bool:
-    """Print one line per rule and one per offending node; return True when every rule passes."""
+    """Print one line per rule and one per offending node; return True when no rule has an error."""
     for rule, findings in results.items():
-        print(f"  {'PASS' if not findings else 'FAIL'} {rule}")
+        status = "PASS" if not findings else ("FAIL" if any(f.level == "error" for f in findings) else "WARN")
+        print(f"  {status} {rule}")
         for f in findings[:10]:
             print(f"       {f.node} ({f.op}): {f.message}")
         if len(findings) > 10:
             print(f"       ... and {len(findings) - 10} more")
-    return not any(results.values())
+    return passed(results)
 
 
 def as_json(results: dict[str, list[Finding]]) -> dict:

@@ -108,15 +108,17 @@ def fold_bias_dequantize(graph: gs.Graph) -> int:
 REWRITES = (fold_constant_inputs, remove_qdq_casts, fold_bias_dequantize, int8_zero_points)
 
 
-def make_tensorrt_ready(model: onnx.ModelProto, allow_fp32: bool = False) -> tuple[onnx.ModelProto, dict]:
-    """Apply every rewrite, clean up, sort and fully check the result; return it with a report."""
+def make_tensorrt_ready(model: onnx.ModelProto, allow_fp32: bool = False,
+                        rewrites: tuple = REWRITES) -> tuple[onnx.ModelProto, dict]:
+    """Apply `rewrites` in order (default: every exact one), clean up, sort and fully check the result; return it
+    with a report."""
     graph = gs.import_onnx(model)
     before = op_counts(graph)
     if not any(op in before for op in QDQ) and not allow_fp32:
         raise PipelineError("the model has no QuantizeLinear/DequantizeLinear nodes: nothing to quantize; export "
                             "the INT8 model from resnet_torch.py, or pass --allow-fp32 to pass it through")
     counts = {}
-    for rewrite in REWRITES:
+    for rewrite in rewrites:
         counts[rewrite.__name__] = rewrite(graph)
         graph.cleanup()  # drop what the rewrite disconnected before the next one pattern-matches
     graph.toposort()
