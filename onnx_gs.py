@@ -10,8 +10,8 @@ from pathlib import Path
 import onnx
 
 from eager2trt import paths
-from eager2trt.artifacts import atomic_path, ensure_writable_dir, update_metrics
-from eager2trt.errors import PipelineError, run_cli
+from eager2trt.artifacts import ensure_writable_dir, output_lock, save_onnx, update_metrics
+from eager2trt.errors import PipelineError, require_float, run_cli
 from eager2trt.lint import as_json, lint, print_lint
 from eager2trt.surgery import load_onnx, make_tensorrt_ready
 from eager2trt.verify import EQUIVALENCE_ATOL, equivalence, input_shape, random_batches, image_batches
@@ -61,15 +61,27 @@ def verify(original: onnx.ModelProto, modified: onnx.ModelProto, args) -> dict:
     return result
 
 
+def validate(args) -> None:
+    """Reject bad options before any work starts."""
+    require_float("--atol", args.atol)
+    ensure_writable_dir(args.output.parent, "--output")
+    ensure_writable_dir(args.metrics.parent, "--metrics")
+
+
 def main(args) -> dict:
+    validate(args)
+    with output_lock(args.output.parent, args.metrics.parent):
+        return run(args)
+
+
+def run(args) -> dict:
+    """Rewrite, verify, then write the checked model and its metrics (output folders locked by main)."""
     original = load_onnx(args.input)
-    ensure_writable_dir(args.output.parent)
     modified, report = make_tensorrt_ready(original, allow_fp32=args.allow_fp32)
     print_report(report)
     if not args.no_verify:
         report["verification"] = verify(original, modified, args)
-    with atomic_path(args.output) as tmp:
-        onnx.save(modified, str(tmp))
+    save_onnx(modified, args.output)
     print(f"wrote {args.output}")
     update_metrics(args.metrics, "onnx_gs", {**report, "input": str(args.input), "output": str(args.output)})
     return report

@@ -12,9 +12,9 @@ import torch
 from tqdm import tqdm
 
 from eager2trt import paths
-from eager2trt.artifacts import update_metrics, write_json
+from eager2trt.artifacts import ensure_writable_dir, output_lock, update_metrics, write_json
 from eager2trt.data import iterate_batches, load_cifar10
-from eager2trt.errors import PipelineError, run_cli
+from eager2trt.errors import require_int, run_cli
 from eager2trt.timing import environment, measure, summarize
 
 MATCH_TOLERANCE = 0.001  # 0.1 points of accuracy
@@ -30,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", choices=["auto", "int8", "fp32", "none"], default="auto",
                    help="PyTorch accuracy to match within 0.1 points; auto: int8 for quantized models")
     p.add_argument("--benchmark", action="store_true", help="also measure latency and throughput")
-    p.add_argument("--benchmark-batch", type=int, default=1)
+    p.add_argument("--benchmark-batch", type=int, default=1, help="batch size of the --benchmark inferences")
     p.add_argument("--runs", type=int, default=500, help="timed inferences for --benchmark")
     p.add_argument("--metrics", type=Path, default=paths.OUTPUT_DIR / paths.METRICS)
     return p
@@ -130,9 +130,22 @@ def print_io(rows: list[dict]) -> None:
         print(f"{r['mode']:<6} {r['name']}: shape {r['shape']}, dtype {r['dtype']}, format {r['format']}")
 
 
+def validate(args) -> None:
+    """Reject bad options before the evaluation (tens of seconds) starts."""
+    require_int("--batch-size", args.batch_size)
+    require_int("--runs", args.runs)
+    require_int("--benchmark-batch", args.benchmark_batch)
+    ensure_writable_dir(args.metrics.parent, "--metrics")
+
+
 def main(args) -> int:
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise PipelineError(f"--batch-size must be positive, got {args.batch_size}")
+    validate(args)
+    with output_lock(args.metrics.parent):
+        return run(args)
+
+
+def run(args) -> int:
+    """Evaluate, compare, benchmark, record (the metrics folder locked by main)."""
     if args.onnx is not None:
         backend, model_path = OnnxBackend(args.onnx), args.onnx
     else:

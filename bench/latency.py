@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eager2trt import paths  # noqa: E402
-from eager2trt.artifacts import atomic_path, write_json  # noqa: E402
-from eager2trt.errors import PipelineError, run_cli  # noqa: E402
+from eager2trt.artifacts import atomic_path, ensure_writable_dir, output_lock, save_onnx, write_json  # noqa: E402
+from eager2trt.errors import PipelineError, require_int, require_ints, run_cli  # noqa: E402
 from eager2trt.export import export_onnx, export_torchscript  # noqa: E402
 from eager2trt.model import build_model, fuse, load_state_dict, quantize  # noqa: E402
 from eager2trt.timing import environment, measure  # noqa: E402
@@ -31,10 +31,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=paths.OUTPUT_DIR / paths.FP32_STATE)
     p.add_argument("--data-dir", type=Path, help="calibrate on real images (latency does not depend on it; "
                                                  "without it, random calibration inputs are used)")
-    p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128])
+    p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR, help="where benchmark.{json,md,png} go")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128], help="batch sizes to time")
     p.add_argument("--runs", type=int, default=200, help="timed runs per figure at batch 1 (fewer for large batches)")
-    p.add_argument("--engines", type=Path, nargs="*", default=[paths.OUTPUT_DIR / paths.FP16_ENGINE,
+    p.add_argument("--engines", type=Path, nargs="*", help="TensorRT engines to time where TensorRT is installed",
+                   default=[paths.OUTPUT_DIR / paths.FP16_ENGINE,
                                                                paths.OUTPUT_DIR / paths.INT8_ENGINE])
     return p
 
@@ -51,7 +52,6 @@ def calibration(args) -> list:
 def build_artifacts(args, workdir: Path) -> dict:
     """FP32 model, INT8 model, TorchScript and ONNX files, made fresh from the checkpoint."""
     from eager2trt.surgery import load_onnx, make_tensorrt_ready
-    import onnx
 
     fp32 = load_state_dict(build_model(), args.checkpoint, "resnet18").eval()
     calib = calibration(args)
@@ -61,7 +61,7 @@ def build_artifacts(args, workdir: Path) -> dict:
              "int8_torchscript": workdir / paths.INT8_TORCHSCRIPT}
     int8_ts = export_torchscript(int8, files["int8_torchscript"])
     files["int8_onnx_modified"] = workdir / paths.INT8_ONNX_MODIFIED
-    onnx.save(make_tensorrt_ready(load_onnx(files["int8_onnx"]))[0], str(files["int8_onnx_modified"]))
+    save_onnx(make_tensorrt_ready(load_onnx(files["int8_onnx"]))[0], files["int8_onnx_modified"])
     engine = torch.backends.quantized.engine
     try:
         reference = quantize(fuse(fp32)[0], calib[:1], activation_dtype="qint8", engine="qnnpack")
@@ -258,9 +258,29 @@ def plot(rows: list, path: Path) -> None:
     plt.close(fig)
 
 
-def main(args) -> dict:
+def validate(args) -> None:
+    """Reject bad options, and a checkpoint that is not a ResNet18 one, before the benchmark starts."""
+    require_ints("--batch-sizes", args.batch_sizes)
+    require_int("--runs", args.runs)
     if not args.checkpoint.is_file():
         raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass --checkpoint or train with resnet_torch.py")
+    try:
+        load_state_dict(build_model(), args.checkpoint, "resnet18")
+    except PipelineError:
+        raise PipelineError(f"checkpoint {args.checkpoint} is not a ResNet18 CIFAR-10 FP32 state_dict, the only model "
+                            f"this benchmark measures; pass --checkpoint with one (resnet_torch.py writes "
+                            f"{paths.OUTPUT_DIR / paths.FP32_STATE})") from None
+    ensure_writable_dir(args.output_dir)
+
+
+def main(args) -> dict:
+    validate(args)
+    with output_lock(args.output_dir):
+        return run(args)
+
+
+def run(args) -> dict:
+    """Build the artifacts in a temporary folder, time every backend, write the results."""
     with tempfile.TemporaryDirectory() as tmp:
         a = build_artifacts(args, Path(tmp))
         sizes = {k: Path(v).stat().st_size for k, v in a["files"].items()}

@@ -1,33 +1,37 @@
 """ONNX and TorchScript exports with a named input, a named output and a dynamic batch dimension."""
 
+import io
 import warnings
 from pathlib import Path
 
 import torch
 
-from .artifacts import atomic_path
+from .artifacts import save_onnx, write_bytes
 
 OPSET = 16
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
 def export_onnx(model: torch.nn.Module, path: Path, opset: int = OPSET) -> Path:
-    """Export FP32 or eager-quantized INT8 `model` with the TorchScript exporter (the one that emits Q/DQ)."""
+    """Export FP32 or eager-quantized INT8 `model` with the TorchScript exporter (the one that emits Q/DQ);
+    the file is written only once onnx.checker and onnxruntime accept it."""
     model = model.eval().cpu()
     example = torch.randn(1, 3, 32, 32)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not actionable here
-        torch.onnx.export(model, (example,), str(tmp), opset_version=opset, dynamo=False,
+        torch.onnx.export(model, (example,), buf, opset_version=opset, dynamo=False,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-    return Path(path)
+    return save_onnx(buf.getvalue(), path)
 
 
 def export_torchscript(model: torch.nn.Module, path: Path) -> torch.jit.ScriptModule:
     """Trace `model` to TorchScript, save it atomically, and return the traced module."""
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model.eval().cpu(), torch.randn(1, 3, 32, 32))
-        with atomic_path(path) as tmp:
-            torch.jit.save(traced, str(tmp))
+        torch.jit.save(traced, buf)  # in memory: torch.jit.save aborts the process when the disk is full
+    write_bytes(path, buf.getvalue())
     return traced
