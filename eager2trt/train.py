@@ -132,8 +132,10 @@ def _differences(state: dict, recipe: Recipe, data: dict) -> list[str]:
     now = asdict(recipe)
     diffs = [f"--{k.replace('_', '-')} {saved.get(k)} there, {now[k]} now" for k in now
              if k != "epochs" and saved.get(k) != now[k]]
-    if state["data"] != data:
-        diffs.append(f"training images {state['data']} there, {data} now")
+    if state["data"] != data and not diffs:  # same options, so --data-dir points at other images
+        old = state["data"]
+        diffs.append(f"other training images: {old.get('train_images')} with label digest {old.get('labels_sha1')} "
+                     f"there, {data['train_images']} with {data['labels_sha1']} now (--data-dir)")
     if state["epoch"] > recipe.epochs:
         diffs.append(f"--epochs {recipe.epochs} now, fewer than the {state['epoch']} epochs already trained")
     return diffs

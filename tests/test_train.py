@@ -117,7 +117,7 @@ def test_resume_refuses_other_options(interrupted, change, fragment):
 
 def test_resume_refuses_other_training_images(interrupted):
     data, state, recipe = interrupted
-    with pytest.raises(PipelineError, match="training images"):
+    with pytest.raises(PipelineError, match="other training images: 16 with label digest .* now \\(--data-dir\\)"):
         train(build_model(), learnable_split(24, seed=1), data, recipe, state_path=state, device=CPU)
 
 
