@@ -19,13 +19,15 @@ from eager2trt.verify import EQUIVALENCE_ATOL, equivalence, input_shape, random_
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.INT8_ONNX)
-    p.add_argument("--output", type=Path, default=paths.OUTPUT_DIR / paths.INT8_ONNX_MODIFIED)
+    p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.INT8_ONNX,
+                   help="Q/DQ ONNX from resnet_torch.py")
+    p.add_argument("--output", type=Path, default=paths.OUTPUT_DIR / paths.INT8_ONNX_MODIFIED,
+                   help="TensorRT-ready ONNX")
     p.add_argument("--data-dir", type=Path, help="also check equivalence on the real CIFAR-10 test images")
     p.add_argument("--no-verify", action="store_true", help="skip the lint and the equivalence check")
     p.add_argument("--allow-fp32", action="store_true", help="pass a graph with no Q/DQ through instead of failing")
     p.add_argument("--atol", type=float, default=EQUIVALENCE_ATOL, help="equivalence bound on max abs difference")
-    p.add_argument("--metrics", type=Path, default=paths.OUTPUT_DIR / paths.METRICS)
+    p.add_argument("--metrics", type=Path, default=paths.OUTPUT_DIR / paths.METRICS, help="metrics JSON to update")
     return p
 
 

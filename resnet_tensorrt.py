@@ -25,14 +25,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--engine", type=Path, help=f"TensorRT engine (default: {paths.OUTPUT_DIR / paths.INT8_ENGINE})")
     src.add_argument("--onnx", type=Path, help="evaluate this ONNX model in onnxruntime instead of an engine")
-    p.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
+    p.add_argument("--data-dir", type=Path, default=paths.DATA_DIR, help="CIFAR-10 root")
     p.add_argument("--batch-size", type=int, help="default: the engine profile's largest batch up to 256; 500 for ONNX")
     p.add_argument("--reference", choices=["auto", "int8", "fp32", "none"], default="auto",
                    help="PyTorch accuracy to match within 0.1 points; auto: int8 for quantized models")
     p.add_argument("--benchmark", action="store_true", help="also measure latency and throughput")
     p.add_argument("--benchmark-batch", type=int, default=1, help="batch size of the --benchmark inferences")
     p.add_argument("--runs", type=int, default=500, help="timed inferences for --benchmark")
-    p.add_argument("--metrics", type=Path, default=paths.OUTPUT_DIR / paths.METRICS)
+    p.add_argument("--metrics", type=Path, default=paths.OUTPUT_DIR / paths.METRICS,
+                   help="metrics JSON to read and update")
     return p
 
 

@@ -28,7 +28,8 @@ from eager2trt.timing import environment, measure  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=paths.OUTPUT_DIR / paths.FP32_STATE)
+    p.add_argument("--checkpoint", type=Path, default=paths.OUTPUT_DIR / paths.FP32_STATE,
+                   help="ResNet18 FP32 state_dict")
     p.add_argument("--data-dir", type=Path, help="calibrate on real images (latency does not depend on it; "
                                                  "without it, random calibration inputs are used)")
     p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR, help="where benchmark.{json,md,png} go")

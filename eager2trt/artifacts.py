@@ -35,7 +35,8 @@ def ensure_writable_dir(path: Path, flag: str = "--output-dir") -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise PipelineError(f"output directory {path} is not writable ({exc.strerror}); pass a writable {flag}") from None
+        raise PipelineError(f"output directory {path} is not writable ({exc.strerror}); "
+                            f"pass a writable {flag}") from None
     return path
 
 

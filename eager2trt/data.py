@@ -97,7 +97,7 @@ def _decode_png(path: Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated data, bad chunks
         raise PipelineError(f"{path} is not a readable PNG image ({str(exc).splitlines()[0][:120]}); replace it "
-                            f"with the original CIFAR-10 file or remove it") from None
+                            f"with the original CIFAR-10 file") from None
 
 
 def _decode_image_folder(root: Path, strict: bool, classes: list[str]) -> dict[str, Split]:

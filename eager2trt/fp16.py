@@ -36,8 +36,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eager2trt.fp16", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.FP32_ONNX)
-    p.add_argument("--output", type=Path, default=paths.OUTPUT_DIR / paths.FP16_ONNX)
+    p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.FP32_ONNX, help="FP32 ONNX")
+    p.add_argument("--output", type=Path, default=paths.OUTPUT_DIR / paths.FP16_ONNX, help="FP16 ONNX to write")
     p.add_argument("--data-dir", type=Path, help="check FP16 accuracy against FP32 on the CIFAR-10 test set")
     return p
 

@@ -47,7 +47,8 @@ def brief(cifar10, tmp_path_factory):
     out = tmp_path_factory.mktemp("brief")
     args = resnet_torch.get_args_parser().parse_args([str(a) for a in BRIEF] + ["--output-dir", str(out)])
     seed_everything(args.seed)
-    first = train(build_model(), cifar10["train"], cifar10["test"], dataclasses.replace(recipe_from_args(args), epochs=1),
+    epoch_one = dataclasses.replace(recipe_from_args(args), epochs=1)  # a state of 1 epoch; --epochs 3 extends it
+    first = train(build_model(), cifar10["train"], cifar10["test"], epoch_one,
                   state_path=out / "resnet_cifar10.train-state.pt", device=torch.device("cpu"))
     proc = run_script(ROOT / "resnet_torch.py", *BRIEF, "--output-dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
