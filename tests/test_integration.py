@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -99,7 +100,7 @@ def test_brief_onnx_runs_in_onnxruntime(brief, cifar10):
 @pytest.fixture(scope="module")
 def main_job(cifar10, tmp_path_factory):
     out = tmp_path_factory.mktemp("main")
-    env = {**os.environ, "OUTPUT_DIR": str(out), "CHECKPOINT": str(SHIPPED)}
+    env = {**os.environ, "OUTPUT_DIR": str(out), "CHECKPOINT": str(SHIPPED), "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_pipeline.sh"), str(DATA_DIR)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
