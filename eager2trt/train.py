@@ -119,7 +119,8 @@ def _read_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
-        raise _unusable(path, f"unreadable: {str(exc).strip().splitlines()[0][:100]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise _unusable(path, f"unreadable: {first[:120]}") from None
     missing = STATE_KEYS - set(state) if isinstance(state, dict) else STATE_KEYS
     if missing:
         raise _unusable(path, f"not written by eager2trt's training: missing {', '.join(sorted(missing))}")
