@@ -7,15 +7,15 @@ from pathlib import Path
 import torch
 
 from eager2trt import paths
-from eager2trt.artifacts import atomic_path, ensure_writable_dir, update_metrics
+from eager2trt.artifacts import ensure_writable_dir, output_lock, refuse_overwrite, save_torch, update_metrics
 from eager2trt.data import iterate_batches, load_cifar10
-from eager2trt.errors import PipelineError, require_choice, run_cli
+from eager2trt.errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
 from eager2trt.export import export_onnx, export_torchscript
 from eager2trt.report import plot_training
 from eager2trt.model import (ACTIVATION_DTYPES, ARCHS, OBSERVERS, build_model, fuse, load_state_dict, quantize,
                              select_engine)
 from eager2trt.timing import environment, measure, thread_sweep
-from eager2trt.train import Recipe, evaluate, train
+from eager2trt.train import check_trained, evaluate, recipe_from_args, seed_everything, train
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -26,13 +26,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR, help="where every artifact goes")
     p.add_argument("--arch", default="resnet18", help=f"one of {', '.join(ARCHS)}")
     p.add_argument("--checkpoint", type=Path, help="start from this FP32 state_dict and skip training")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=200, help="training epochs (ignored with --checkpoint)")
+    p.add_argument("--batch-size", type=int, default=128, help="training and calibration batch size")
+    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--milestones", type=int, nargs="+", default=[100, 150], help="MultiStepLR epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds weight initialisation, shuffling and augmentation")
     p.add_argument("--save-every", type=int, default=1, help="write the resumable training state every N epochs")
     p.add_argument("--train-subset", type=int, help="train on this many images only (short CPU runs)")
     p.add_argument("--no-fast", action="store_true",
@@ -45,19 +45,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, help="calibrate on this many training batches (default: all)")
     p.add_argument("--engine", default="x86", help="quantized CPU engine (x86, fbgemm, onednn, qnnpack)")
     p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs per latency figure")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let training replace an existing <output-dir>/resnet_cifar10.pt")
+    p.add_argument("--restart", action="store_true",
+                   help="move an interrupted run's training state aside (kept) and train from scratch")
     return p
 
 
 def validate(args) -> None:
     """Reject bad options before any long work starts."""
-    if args.epochs < 0:
-        raise PipelineError(f"--epochs must be 0 or more, got {args.epochs}")
-    if args.save_every <= 0:
-        raise PipelineError(f"--save-every must be positive, got {args.save_every}")
-    if args.train_subset is not None and args.train_subset <= 0:
-        raise PipelineError(f"--train-subset must be positive, got {args.train_subset}")
-    if args.calib_batches is not None and args.calib_batches <= 0:
-        raise PipelineError(f"--calib-batches must be positive, got {args.calib_batches}")
+    require_int("--epochs", args.epochs, minimum=0)
+    if args.epochs == 0 and args.checkpoint is None:
+        raise PipelineError("--epochs 0 would save an untrained model; pass --epochs 1 or more, or --checkpoint "
+                            "to start from saved weights")
+    require_int("--batch-size", args.batch_size)
+    require_float("--lr", args.lr, inclusive=False)
+    require_float("--momentum", args.momentum)
+    require_float("--weight-decay", args.weight_decay)
+    require_ints("--milestones", args.milestones)
+    require_int("--seed", args.seed, minimum=0, maximum=2**32 - 1)  # NumPy's seed range
+    require_int("--save-every", args.save_every)
+    require_int("--train-subset", args.train_subset)
+    require_int("--calib-batches", args.calib_batches)  # with a positive batch size: never zero batches
+    require_int("--latency-runs", args.latency_runs)
     require_choice("--arch", args.arch, ARCHS)
     require_choice("--activation-dtype", args.activation_dtype, ACTIVATION_DTYPES)
     require_choice("--calibration", args.calibration, OBSERVERS)
@@ -65,25 +75,26 @@ def validate(args) -> None:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass the path of a saved FP32 state_dict")
     ensure_writable_dir(args.output_dir)
+    if args.checkpoint is None:
+        refuse_overwrite(args.output_dir / paths.FP32_STATE, args.overwrite)
 
 
 def get_fp32_model(args, data) -> tuple[torch.nn.Module, dict]:
     """Load the checkpoint, or train with the reference recipe and save the FP32 state_dict."""
+    seed_everything(args.seed)  # before build_model: the initial weights come from the seeded generator
     model = build_model(args.arch)
     if args.checkpoint is not None:
         return load_state_dict(model, args.checkpoint, args.arch), {"checkpoint": str(args.checkpoint)}
-    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay, milestones=tuple(args.milestones), seed=args.seed,
-                    fast=not args.no_fast, compile_mode=None if args.compile_mode == "none" else args.compile_mode)
+    recipe = recipe_from_args(args)
     state_path = args.output_dir / paths.TRAIN_STATE
-    history = train(model, data["train"].subset(args.train_subset), data["test"], recipe, state_path=state_path,
-                    save_every=args.save_every)
+    history = train(model, data["train"], data["test"], recipe, state_path=state_path,
+                    save_every=args.save_every, restart=args.restart)
     model.cpu()
+    check_trained(model, history, data["test"])
     target = args.output_dir / paths.FP32_STATE
     if target.exists():
-        print(f"replacing {target} with the newly trained weights (git checkout {target} restores the shipped one)")
-    with atomic_path(target) as tmp:
-        torch.save(model.state_dict(), tmp)
+        print(f"replacing {target} with the newly trained weights (--overwrite)")
+    save_torch(model.state_dict(), target)
     state_path.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
     if history.epochs:
         plot_training(history.epochs, args.output_dir / "training_curve.png")
@@ -115,6 +126,12 @@ def latencies(fp32, int8, int8_ts, runs: int) -> dict:
 
 def main(args) -> dict:
     validate(args)
+    with output_lock(args.output_dir):
+        return run(args)
+
+
+def run(args) -> dict:
+    """Every stage, with the output folder locked by main."""
     t_start = time.perf_counter()
     data = load_cifar10(args.data_dir, download=args.download)
     fp32, training = get_fp32_model(args, data)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from eager2trt import contract
-from eager2trt.artifacts import atomic_path, write_json
-from eager2trt.errors import PipelineError, run_cli
+from eager2trt.artifacts import atomic_path, ensure_writable_dir, output_lock, write_json
+from eager2trt.errors import PipelineError, require_choice, require_int, require_ints, run_cli
 from eager2trt.model import ARCHS, build_model, fuse, load_state_dict, quantize
 from eager2trt.pipeline import quantize_to_tensorrt
 from eager2trt.timing import environment, measure, thread_sweep
@@ -253,9 +253,23 @@ def plot(rows: list, path: Path, arch: str) -> None:
     plt.close(fig)
 
 
+def validate(args) -> None:
+    """Reject bad options, and a checkpoint that does not fit --arch, before the benchmark starts."""
+    require_choice("--arch", args.arch, ARCHS)
+    require_ints("--batch-sizes", args.batch_sizes)
+    require_int("--runs", args.runs)
+    load_state_dict(build_model(args.arch), args.checkpoint, args.arch)  # one sentence naming --arch if not
+    ensure_writable_dir(args.output_dir)
+
+
 def main(args) -> dict:
-    if not args.checkpoint.is_file():
-        raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass --checkpoint or train with resnet_torch.py")
+    validate(args)
+    with output_lock(args.output_dir):
+        return run(args)
+
+
+def run(args) -> dict:
+    """Build the artifacts in a temporary folder, time every backend, write the results."""
     with tempfile.TemporaryDirectory() as tmp:
         a = build_artifacts(args, Path(tmp))
         sizes = {k: Path(v).stat().st_size for k, v in a["files"].items()}

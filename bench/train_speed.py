@@ -12,20 +12,26 @@ import torch
 from eager2trt import paths
 from eager2trt.artifacts import write_json
 from eager2trt.data import MEAN, STD, epoch_batches, load_cifar10
-from eager2trt.errors import run_cli
+from eager2trt.errors import PipelineError, require_choice, require_int, run_cli
 from eager2trt.model import build_model
 from eager2trt.timing import environment
 from eager2trt.train import Recipe, make_step, prepare
 
 
+VARIANTS = {"reference": Recipe(fast=False),
+            "eager": Recipe(compile_mode=None),
+            "compile": Recipe(compile_mode="max-autotune-no-cudagraphs"),
+            "reduce-overhead": Recipe(compile_mode="reduce-overhead")}
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=paths.DATA_DIR)
-    p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR)
+    p.add_argument("--data-dir", type=Path, default=paths.DATA_DIR, help="CIFAR-10 root")
+    p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR, help="where train_speed.json goes")
     p.add_argument("--steps", type=int, default=200, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps per variant (compilation happens here)")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers for the reference loop")
-    p.add_argument("--variants", nargs="+", default=["reference", "eager", "compile", "reduce-overhead"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"loops to time: {', '.join(VARIANTS)}")
     return p
 
 
@@ -66,10 +72,7 @@ def fast_batches(split, batch_size: int):
 
 
 def time_variant(name: str, split, args) -> dict:
-    recipe = {"reference": Recipe(fast=False),
-              "eager": Recipe(compile_mode=None),
-              "compile": Recipe(compile_mode="max-autotune-no-cudagraphs"),
-              "reduce-overhead": Recipe(compile_mode="reduce-overhead")}[name]
+    recipe = VARIANTS[name]
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = build_model("resnet18").train()
@@ -95,9 +98,18 @@ def time_variant(name: str, split, args) -> dict:
             "warmup_seconds": warm_s, "projected_minutes_200_epochs": ms * steps_200 / 60000}
 
 
+def validate(args) -> None:
+    """Reject bad options before any timing starts."""
+    require_int("--steps", args.steps)
+    require_int("--warmup", args.warmup, minimum=0)
+    require_int("--workers", args.workers, minimum=0)
+    for v in args.variants:
+        require_choice("--variants", v, VARIANTS)
+
+
 def main(args) -> None:
+    validate(args)
     if not torch.cuda.is_available():
-        from eager2trt.errors import PipelineError
         raise PipelineError("bench/train_speed.py times GPU training and no CUDA device is visible; run it on a GPU")
     train = load_cifar10(args.data_dir)["train"]
     rows = [time_variant(v, train, args) for v in args.variants]

@@ -33,6 +33,10 @@ FUSE_RTOL, FUSE_ATOL = 1e-3, 1e-6  # fused vs unfused model: the reference's che
 EQUIVALENCE_ATOL = 1e-5  # exact surgery vs the export, max abs logit difference (measured 0.0 on ResNet18)
 ACCURACY_MATCH = 0.001  # an engine/graph matches its PyTorch model within 0.1 points of test accuracy
 FP16_ACCURACY_TOLERANCE = 0.001  # FP16 ONNX vs FP32 ONNX, 0.1 points
+# fast mode is held to accuracy, not bit-exactness: top-1 >= PyTorch INT8 minus this, per high precision
+# (fp16: onnxruntime runs QuantizeLinear on FP16 inputs in FP16 arithmetic; measured -0.24 points on ResNet18)
+FAST_ACCURACY_DROP = {"fp32": 0.001, "fp16": 0.003}
+FAST_ERROR_RATIO = 1.25  # without data: fast graph's logit error vs FP32 within this multiple of the exact graph's
 AGREEMENT_MIN = 0.99  # PyTorch INT8 vs Q/DQ graph argmax agreement on real images (shipped ResNet18: 99.5%)
 
 

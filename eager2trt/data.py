@@ -6,6 +6,7 @@ Decoding 60,000 PNGs costs tens of seconds, so the arrays are cached as one .npz
 """
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -53,11 +54,26 @@ def _layout_help(root: Path) -> str:
             f"{root}/test/<class>/*.png with 10,000)")
 
 
-def _image_folder_files(root: Path, split: str) -> tuple[list[Path], list[int]]:
-    class_dirs = sorted(d for d in (root / split).iterdir() if d.is_dir())
+def _class_names(root: Path, split: str) -> list[str]:
+    return sorted(d.name for d in (root / split).iterdir() if d.is_dir())
+
+
+def _check_class_names(root: Path) -> list[str]:
+    """The label order: sorted class folder names, which must be the same in train/ and test/."""
+    train, test = _class_names(root, "train"), _class_names(root, "test")
+    if train != test:
+        only_train = ", ".join(sorted(set(train) - set(test))) or "none"
+        only_test = ", ".join(sorted(set(test) - set(train))) or "none"
+        raise PipelineError(f"class folders of {root / 'train'} and {root / 'test'} differ (only in train: "
+                            f"{only_train}; only in test: {only_test}), so labels would not line up; give both "
+                            f"splits the same class folder names")
+    return train
+
+
+def _image_folder_files(root: Path, split: str, classes: list[str]) -> tuple[list[Path], list[int]]:
     files, labels = [], []
-    for label, d in enumerate(class_dirs):
-        found = sorted(d.glob("*.png"))
+    for label, name in enumerate(classes):
+        found = sorted((root / split / name).glob("*.png"))
         files += found
         labels += [label] * len(found)
     return files, labels
@@ -72,18 +88,27 @@ def _check_counts(root: Path, counts: dict, classes: dict, strict: bool) -> None
         raise PipelineError(f"CIFAR-10 under {root} is incomplete (found {found}); {_layout_help(root)}")
 
 
-def _decode_image_folder(root: Path, strict: bool) -> dict[str, Split]:
+def _decode_png(path: Path) -> np.ndarray:
+    """One image as HWC uint8 RGB; an unreadable file is named in one sentence."""
     from PIL import Image
 
-    listing = {s: _image_folder_files(root, s) for s in CIFAR10_COUNTS}
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated data, bad chunks
+        raise PipelineError(f"{path} is not a readable PNG image ({str(exc).splitlines()[0][:120]}); replace it "
+                            f"with the original CIFAR-10 file") from None
+
+
+def _decode_image_folder(root: Path, strict: bool, classes: list[str]) -> dict[str, Split]:
+    listing = {s: _image_folder_files(root, s, classes) for s in CIFAR10_COUNTS}
     _check_counts(root, {s: len(v[0]) for s, v in listing.items()},
                   {s: len(set(v[1])) for s, v in listing.items()}, strict)
     splits = {}
     for split, (files, labels) in listing.items():
         images = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
         for i, f in enumerate(tqdm(files, desc=f"decoding {split} PNGs", unit="img", mininterval=1.0)):
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert("RGB"))
+            arr = _decode_png(f)
             if arr.shape != (32, 32, 3):
                 raise PipelineError(f"{f} is {arr.shape[1]}x{arr.shape[0]}, not a 32x32 CIFAR-10 image; "
                                     f"replace the data with the original CIFAR-10")
@@ -107,8 +132,9 @@ def _load_torchvision(root: Path, download: bool) -> dict[str, Split]:
         raise PipelineError(f"CIFAR-10 under {root} could not be read ({exc}); {_layout_help(root)}") from None
 
 
-def _cache_path(root: Path, cache_dir: Path) -> Path:
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+def _cache_path(root: Path, cache_dir: Path, classes: list[str]) -> Path:
+    # the class names are part of the key: renamed class folders give other labels, so another cache
+    key = hashlib.sha1("\0".join([str(root.resolve()), *classes]).encode()).hexdigest()[:12]
     return cache_dir / f"cifar10-{key}.npz"
 
 
@@ -120,17 +146,13 @@ def load_cifar10(root: Path, download: bool = False, cache_dir: Optional[Path] =
         return _load_torchvision(root, download)
     if not ((root / "train").is_dir() and (root / "test").is_dir()):
         raise PipelineError(f"no CIFAR-10 found under {root}; {_layout_help(root)}")
-    cache = _cache_path(root, Path(cache_dir)) if cache_dir else None
+    classes = _check_class_names(root)
+    cache = _cache_path(root, Path(cache_dir), classes) if cache_dir else None
     if cache and cache.exists():
-        try:
-            with np.load(cache) as z:
-                splits = {s: _to_split(z[f"{s}_x"], z[f"{s}_y"]) for s in CIFAR10_COUNTS}
-            _check_counts(root, {s: len(v) for s, v in splits.items()},
-                          {s: len(torch.unique(v.labels)) for s, v in splits.items()}, strict)
+        splits = _read_cache(cache, root, strict)
+        if splits is not None:
             return splits
-        except (OSError, KeyError, ValueError, PipelineError):
-            pass  # stale or corrupt cache: decode again and overwrite it
-    splits = _decode_image_folder(root, strict)
+    splits = _decode_image_folder(root, strict, classes)
     if cache:
         try:
             with atomic_path(cache) as tmp:
@@ -140,6 +162,22 @@ def load_cifar10(root: Path, download: bool = False, cache_dir: Optional[Path] =
         except PipelineError:
             pass  # an unwritable cache only costs time on the next run
     return splits
+
+
+def _read_cache(cache: Path, root: Path, strict: bool) -> Optional[dict[str, Split]]:
+    """The cached splits, or None after discarding a corrupt or stale cache with a one-line notice."""
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            splits = {s: _to_split(z[f"{s}_x"], z[f"{s}_y"]) for s in CIFAR10_COUNTS}
+        _check_counts(root, {s: len(v) for s, v in splits.items()},
+                      {s: len(torch.unique(v.labels)) for s, v in splits.items()}, strict)
+        return splits
+    except Exception as exc:  # a damaged .npz raises BadZipFile, EOFError, zlib/CRC errors, ValueError...
+        reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        print(f"notice: discarding the decoded-data cache {cache} ({reason}); decoding the images again",
+              file=sys.stderr)
+        cache.unlink(missing_ok=True)
+        return None
 
 
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:

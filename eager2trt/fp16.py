@@ -6,11 +6,20 @@ from pathlib import Path
 import onnx
 
 from . import paths
-from .artifacts import atomic_path
+from .artifacts import ensure_writable_dir, output_lock, save_onnx
 from .errors import PipelineError, run_cli
 from .onnx_utils import load_onnx
 
 FP16_ACCURACY_TOLERANCE = 0.001  # 0.1 points of test accuracy
+
+
+def refuse_quantized(model: onnx.ModelProto, path: Path) -> None:
+    """Stop on a Q/DQ model: onnxconverter-common would make its scales float16, which DequantizeLinear
+    rejects (onnx.checker and onnxruntime both fail); an INT8 model needs no FP16 copy anyway."""
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    if qdq:
+        raise PipelineError(f"{path} is a quantized model ({qdq} QuantizeLinear/DequantizeLinear nodes); FP16 "
+                            f"conversion takes the FP32 ONNX, e.g. --input {paths.OUTPUT_DIR / paths.FP32_ONNX}")
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -27,14 +36,22 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eager2trt.fp16", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.FP32_ONNX)
-    p.add_argument("--output", type=Path, default=paths.OUTPUT_DIR / paths.FP16_ONNX)
+    p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.FP32_ONNX, help="FP32 ONNX")
+    p.add_argument("--output", type=Path, default=paths.OUTPUT_DIR / paths.FP16_ONNX, help="FP16 ONNX to write")
     p.add_argument("--data-dir", type=Path, help="check FP16 accuracy against FP32 on the CIFAR-10 test set")
     return p
 
 
 def main(args) -> dict:
     fp32 = load_onnx(args.input)
+    refuse_quantized(fp32, args.input)
+    ensure_writable_dir(args.output.parent, "--output")
+    with output_lock(args.output.parent):
+        return convert(fp32, args)
+
+
+def convert(fp32: onnx.ModelProto, args) -> dict:
+    """Convert, check accuracy with --data-dir, then write the checked FP16 model."""
     fp16 = to_fp16(fp32)
     result = {}
     if args.data_dir is not None:
@@ -49,8 +66,7 @@ def main(args) -> dict:
         if abs(acc32 - acc16) > FP16_ACCURACY_TOLERANCE:
             raise PipelineError(f"FP16 ONNX accuracy {acc16:.4f} differs from FP32 {acc32:.4f} by more than "
                                 f"0.1 points; keep sensitive layers in FP32 (e.g. ModelOpt AutoCast)")
-    with atomic_path(args.output) as tmp:
-        onnx.save(fp16, str(tmp))
+    save_onnx(fp16, args.output)
     print(f"wrote {args.output}")
     return result
 

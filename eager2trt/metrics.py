@@ -16,6 +16,8 @@ from .errors import PipelineError
 WRITERS = {
     "pytorch": "python resnet_torch.py",
     "onnx_gs": "python onnx_gs.py",
+    "onnx_gs_fast": "python onnx_gs.py --mode fast",
+    "onnx_gs_fast_fp16": "python onnx_gs.py --mode fast --high-precision fp16",
     "validation": "python resnet_tensorrt.py",
 }
 

@@ -9,13 +9,8 @@ import torch
 from tqdm import tqdm
 
 from .data import Split, iterate_batches
+from .contract import EQUIVALENCE_ATOL, FAST_ERROR_RATIO
 from .errors import PipelineError
-
-EQUIVALENCE_ATOL = 1e-5  # measured 0.0 on ResNet18; the bound leaves room for other graphs' rounding
-AGREEMENT_MIN = 0.98  # PyTorch INT8 vs onnxruntime INT8 argmax agreement
-# Fast mode is held to accuracy, not bit-exactness: top-1 at least PyTorch INT8 minus this, per high precision.
-FAST_ACCURACY_DROP = {"fp32": 0.001, "fp16": 0.003}
-FAST_ERROR_RATIO = 1.25  # without data: fast graph's logit error vs FP32 within this multiple of the exact graph's
 
 
 def ort_session(model: Union[Path, onnx.ModelProto], optimize: bool = False, threads: int = 0):

@@ -9,8 +9,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}; shift || true
 OUT=${OUTPUT_DIR:-saved_models}
-PY=${PYTHON:-python3}
+source scripts/env.sh   # .venv with requirements.txt on first use; $PYTHON, when set, is used as it is
+PY=$PYTHON
 CKPT=${CHECKPOINT:-$OUT/resnet_cifar10.pt}
+
+# Hold the output folder's lock (the file the Python tools flock) for the whole pipeline, so two pipelines
+# into one folder cannot interleave; the tools are told through EAGER2TRT_LOCKED_DIRS that we hold it.
+mkdir -p "$OUT"
+exec 9>>"$OUT/.eager2trt.lock"
+if ! flock -n 9; then
+  echo "error: output directory $OUT is in use by another run (it holds $OUT/.eager2trt.lock); wait for that run to finish or set OUTPUT_DIR to another folder" >&2
+  exit 2
+fi
+export EAGER2TRT_LOCKED_DIRS="$(cd "$OUT" && pwd -P)${EAGER2TRT_LOCKED_DIRS:+:$EAGER2TRT_LOCKED_DIRS}"
 
 if [ "${TRAIN:-0}" = 1 ] || [ ! -f "$CKPT" ]; then
   $PY resnet_torch.py --data-dir "$DATA" --output-dir "$OUT" "$@"

@@ -28,10 +28,45 @@ def assert_one_sentence(proc, *fragments):
     (["--save-every", "0"], "--save-every must be positive"),
     (["--train-subset", "0"], "--train-subset must be positive"),
     (["--calib-batches", "0"], "--calib-batches must be positive"),
+    (["--epochs", "0"], "--epochs 0 would save an untrained model; pass --epochs 1 or more, or --checkpoint"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--batch-size", "-1"], "--batch-size must be positive, got -1"),
+    (["--lr", "nan"], "--lr must be a finite number, positive, got nan"),
+    (["--lr", "0"], "--lr must be a finite number, positive, got 0.0"),
+    (["--lr", "inf"], "--lr must be a finite number, positive, got inf"),
+    (["--momentum", "-0.5"], "--momentum must be a finite number, 0 or more, got -0.5"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number, 0 or more, got nan"),
+    (["--milestones", "100", "0"], "--milestones must be positive, got 0"),
+    (["--seed", "-1"], "--seed must be between 0 and 4294967295, got -1"),
+    (["--latency-runs", "0"], "--latency-runs must be positive, got 0"),
 ])
 def test_resnet_torch_rejects_bad_options(flags, fragment, tmp_path):
     proc = run_script(ROOT / "resnet_torch.py", "--output-dir", tmp_path / "out", *flags, cwd=tmp_path)
     assert_one_sentence(proc, fragment)
+
+
+def test_resnet_torch_keeps_an_existing_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "resnet_cifar10.pt").write_bytes(b"valuable weights")
+    proc = run_script(ROOT / "resnet_torch.py", "--output-dir", out, "--data-dir", tmp_path / "nodata", "--epochs", "1")
+    assert_one_sentence(proc, f"{out / 'resnet_cifar10.pt'} already exists and this run would replace it; pass "
+                              f"--overwrite to replace it")
+    assert (out / "resnet_cifar10.pt").read_bytes() == b"valuable weights"
+    # --overwrite lifts the guard: the run goes on to the next check (here: no data)
+    proc = run_script(ROOT / "resnet_torch.py", "--output-dir", out, "--data-dir", tmp_path / "nodata", "--epochs", "1",
+                      "--overwrite")
+    assert_one_sentence(proc, "no CIFAR-10 found")
+
+
+def test_resnet_torch_mismatched_class_folders(tmp_path):
+    from test_data import make_image_folder
+
+    make_image_folder(tmp_path / "data")
+    (tmp_path / "data" / "test" / "class00").rename(tmp_path / "data" / "test" / "plane")
+    proc = run_script(ROOT / "resnet_torch.py", "--data-dir", tmp_path / "data", "--output-dir", tmp_path / "out",
+                      "--checkpoint", ROOT / "saved_models" / "resnet_cifar10.pt")
+    assert_one_sentence(proc, "only in train: class00; only in test: plane")
 
 
 def test_resnet_torch_missing_data(tmp_path):
@@ -90,8 +125,12 @@ def test_onnx_gs_bad_inputs(tmp_path):
     good = tmp_path / "good.onnx"
     onnx.save(conv_graph(), str(good))
     (tmp_path / "blocker").write_text("a file where a folder should be")
-    assert_one_sentence(run_script(ROOT / "onnx_gs.py", "--input", good, "--output", tmp_path / "blocker" / "o.onnx"),
-                        "not writable")
+    proc = run_script(ROOT / "onnx_gs.py", "--input", good, "--output", tmp_path / "blocker" / "o.onnx")
+    assert_one_sentence(proc, "not writable", "pass a writable --output")
+    assert "--output-dir" not in proc.stderr  # onnx_gs.py has no such flag
+    for atol, shown in (("nan", "nan"), ("-1", "-1.0")):
+        assert_one_sentence(run_script(ROOT / "onnx_gs.py", "--input", good, "--output", out, "--atol", atol),
+                            f"--atol must be a finite number, 0 or more, got {shown}")
 
 
 def test_onnx_gs_writes_verified_output(tmp_path):
@@ -120,6 +159,62 @@ def test_resnet_tensorrt_bad_onnx_and_batch(tmp_path):
     assert_one_sentence(run_script(ROOT / "resnet_tensorrt.py", "--onnx", junk), "not a valid ONNX model")
     assert_one_sentence(run_script(ROOT / "resnet_tensorrt.py", "--onnx", junk, "--batch-size", "0"),
                         "--batch-size must be positive")
+    metrics = ["--metrics", tmp_path / "m.json"]
+    # checked before the model is loaded and the 10,000 test images are evaluated
+    assert_one_sentence(run_script(ROOT / "resnet_tensorrt.py", "--onnx", junk, "--benchmark", "--runs", "0", *metrics),
+                        "--runs must be positive, got 0")
+    assert_one_sentence(run_script(ROOT / "resnet_tensorrt.py", "--onnx", junk, "--benchmark-batch", "0", *metrics),
+                        "--benchmark-batch must be positive, got 0")
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--batch-sizes", "1", "0"], "--batch-sizes must be positive, got 0"),
+    (["--runs", "0"], "--runs must be positive, got 0"),
+])
+def test_latency_benchmark_rejects_bad_options(flags, fragment, tmp_path):
+    proc = run_script(ROOT / "bench" / "latency.py", "--output-dir", tmp_path, "--checkpoint",
+                      ROOT / "saved_models" / "resnet_cifar10.pt", *flags)
+    assert_one_sentence(proc, fragment)
+    assert not (tmp_path / "benchmark.json").exists()
+
+
+def test_latency_benchmark_wrong_checkpoint_names_real_flags(tmp_path):
+    import torch
+
+    from eager2trt.model import build_model
+
+    ckpt = tmp_path / "r18_100.pt"
+    torch.save(build_model("resnet18", num_classes=100).state_dict(), ckpt)
+    proc = run_script(ROOT / "bench" / "latency.py", "--output-dir", tmp_path, "--checkpoint", ckpt)
+    assert_one_sentence(proc, "is not a ResNet18 CIFAR-10 FP32 state_dict", "pass --checkpoint")
+    assert "--arch" not in proc.stderr  # bench/latency.py has no such flag
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--variants", "eager", "bogus"], "unknown --variants 'bogus'; choose one of reference, eager, compile, "
+                                       "reduce-overhead"),
+    (["--steps", "0"], "--steps must be positive, got 0"),
+    (["--warmup", "-1"], "--warmup must be 0 or more, got -1"),
+    (["--workers", "-1"], "--workers must be 0 or more, got -1"),
+])
+def test_train_speed_rejects_bad_options_before_looking_for_a_gpu(flags, fragment, tmp_path):
+    assert_one_sentence(run_script(ROOT / "bench" / "train_speed.py", "--output-dir", tmp_path, *flags), fragment)
+
+
+def test_fp16_refuses_a_qdq_model(tmp_path):
+    src, out = tmp_path / "qdq.onnx", tmp_path / "fp16.onnx"
+    onnx.save(conv_graph(), str(src))
+    proc = run_script("-m", "eager2trt.fp16", "--input", src, "--output", out)
+    assert_one_sentence(proc, f"{src} is a quantized model (", "FP16 conversion takes the FP32 ONNX")
+    assert not out.exists()
+
+
+def test_fp16_writes_a_checked_model(tmp_path):
+    src, out = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    onnx.save(fp32_graph(), str(src))
+    proc = run_script("-m", "eager2trt.fp16", "--input", src, "--output", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
 
 
 def test_build_engines_without_trtexec(tmp_path):
@@ -134,7 +229,7 @@ def test_build_engines_without_trtexec(tmp_path):
 
 
 def test_every_cli_has_help():
-    for script in ("resnet_torch.py", "onnx_gs.py", "resnet_tensorrt.py", "bench/train_speed.py"):
+    for script in ("resnet_torch.py", "onnx_gs.py", "resnet_tensorrt.py", "bench/train_speed.py", "bench/latency.py"):
         proc = run_script(ROOT / script, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout and "(default:" in proc.stdout, script
 

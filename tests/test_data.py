@@ -91,3 +91,48 @@ def test_real_cifar10_counts_and_statistics(cifar10):
     assert torch.bincount(cifar10["test"].labels).tolist() == [1000] * 10
     mean = cifar10["train"].images.float().mean(dim=(0, 2, 3)) / 255
     torch.testing.assert_close(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=1e-3, rtol=0)
+
+
+def test_class_folders_must_match_by_name(tmp_path):
+    make_image_folder(tmp_path / "data")
+    (tmp_path / "data" / "test" / "class00").rename(tmp_path / "data" / "test" / "plane")
+    with pytest.raises(PipelineError, match=r"class folders of .*train and .*test differ \(only in train: class00; "
+                                            r"only in test: plane\), so labels would not line up"):
+        load_cifar10(tmp_path / "data", cache_dir=tmp_path / "cache", strict=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_undecodable_image_is_named(tmp_path, damage):
+    make_image_folder(tmp_path / "data")
+    bad = tmp_path / "data" / "train" / "class03" / "1.png"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:200])
+    else:
+        bad.write_text("not an image\n")
+    with pytest.raises(PipelineError, match=rf"{bad} is not a readable PNG image .*replace it"):
+        load_cifar10(tmp_path / "data", cache_dir=None, strict=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "empty"])
+def test_corrupt_cache_is_discarded_and_rebuilt_with_a_notice(tmp_path, capsys, damage):
+    make_image_folder(tmp_path / "data", per_class=20)  # a cache large enough that flipped bytes hit image data
+    cache_dir = tmp_path / "cache"
+    good = load_cifar10(tmp_path / "data", cache_dir=cache_dir, strict=False)
+    (cache,) = cache_dir.glob("*.npz")
+    raw = bytearray(cache.read_bytes())
+    if damage == "truncated":
+        raw = raw[:len(raw) // 2]
+    elif damage == "flipped":
+        mid = len(raw) // 2
+        raw[mid:mid + 64] = bytes(b ^ 0xFF for b in raw[mid:mid + 64])
+    else:
+        raw = bytearray()
+    cache.write_bytes(bytes(raw))
+    capsys.readouterr()
+    again = load_cifar10(tmp_path / "data", cache_dir=cache_dir, strict=False)
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
+    assert len(notices) == 1 and notices[0].startswith(f"notice: discarding the decoded-data cache {cache} (")
+    assert torch.equal(again["train"].images, good["train"].images)
+    assert torch.equal(again["test"].labels, good["test"].labels)
+    with np.load(cache) as z:  # rebuilt: readable again
+        assert z["train_x"].shape == (200, 32, 32, 3)

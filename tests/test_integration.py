@@ -1,9 +1,16 @@
 """Real CIFAR-10: a brief CPU training run through the whole first stage, and the shipped checkpoint
-through the README's main job (quantize, export, surgery, onnxruntime validation)."""
+through the README's main job (quantize, export, surgery, onnxruntime validation).
 
+The brief run checks mechanics only (it learns, it resumes, it writes every artifact): a 3-epoch model sits
+at ~40% accuracy with many near-tied logits, so its INT8 fidelity says nothing about the pipeline. Fidelity
+bounds are held on the shipped checkpoint (main_job), where they are meaningful.
+"""
+
+import dataclasses
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -13,6 +20,7 @@ import torch
 from conftest import DATA_DIR, ROOT, run_script
 from eager2trt.data import iterate_batches
 from eager2trt.model import build_model, fuse, load_state_dict
+from eager2trt.train import recipe_from_args, seed_everything, train
 from eager2trt.verify import ort_accuracy
 
 SHIPPED = ROOT / "saved_models" / "resnet_cifar10.pt"
@@ -24,21 +32,41 @@ def torchscript_logits(path, split):
         return torch.cat([model(x) for x, _ in iterate_batches(split, 500)]).numpy()
 
 
+BRIEF = ["--data-dir", DATA_DIR, "--epochs", "3", "--milestones", "2", "--train-subset", "5000", "--batch-size", "32",
+         "--lr", "0.02", "--calib-batches", "60", "--latency-runs", "20"]
+
+
 @pytest.fixture(scope="module")
 def brief(cifar10, tmp_path_factory):
+    """Epoch 1 trained here, as an interrupted run would leave it (its training state), then the CLI resumes.
+
+    A small batch and lr so that short epochs learn something, and a last epoch at lr/10 so BatchNorm's
+    running statistics settle.
+    """
+    import resnet_torch
+
     out = tmp_path_factory.mktemp("brief")
-    # A small batch and lr so that short epochs learn something, and a last epoch at lr/10 so BatchNorm's
-    # running statistics settle: without it, eval-mode activations (and logits, up to ~180) blow up and
-    # INT8 loses 4-7 points (measured), which says nothing about the pipeline.
-    proc = run_script(ROOT / "resnet_torch.py", "--data-dir", DATA_DIR, "--output-dir", out, "--epochs", "3",
-                      "--milestones", "2", "--train-subset", "5000", "--batch-size", "32", "--lr", "0.02",
-                      "--calib-batches", "60", "--latency-runs", "20")
+    args = resnet_torch.get_args_parser().parse_args([str(a) for a in BRIEF] + ["--output-dir", str(out)])
+    seed_everything(args.seed)
+    epoch_one = dataclasses.replace(recipe_from_args(args), epochs=1)  # a state of 1 epoch; --epochs 3 extends it
+    first = train(build_model(), cifar10["train"], cifar10["test"], epoch_one,
+                  state_path=out / "resnet_cifar10.train-state.pt", device=torch.device("cpu"))
+    proc = run_script(ROOT / "resnet_torch.py", *BRIEF, "--output-dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads((out / "metrics.json").read_text())["pytorch"]
+    return out, json.loads((out / "metrics.json").read_text())["pytorch"], proc.stdout, first.epochs[0]
+
+
+def test_brief_run_resumes_and_learns(brief):
+    out, m, stdout, first = brief
+    assert f"resuming from {out / 'resnet_cifar10.train-state.pt'} after epoch 1" in stdout
+    epochs = m["training"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and epochs[0] == first
+    assert [e["lr"] for e in epochs] == [0.02, 0.02, pytest.approx(0.002)]  # the schedule continued
+    assert epochs[-1]["loss"] < epochs[0]["loss"] and epochs[-1]["test_acc"] > 0.2  # chance is 0.1
 
 
 def test_brief_run_writes_every_artifact_and_complete_metrics(brief):
-    out, m = brief
+    out, m, _, _ = brief
     model = load_state_dict(build_model(), out / "resnet_cifar10.pt", "resnet18")
     for name in ("resnet_cifar10.onnx", "resnet_quantized_cifar10.onnx"):
         model_proto = onnx.load(str(out / name))
@@ -47,8 +75,6 @@ def test_brief_run_writes_every_artifact_and_complete_metrics(brief):
         assert model_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
     ts = torch.jit.load(str(out / "resnet_quantized_cifar10.pt"))
     assert ts(torch.randn(3, 3, 32, 32)).shape == (3, 10)
-    assert len(m["training"]["epochs"]) == 3 and m["training"]["epochs"][-1]["test_acc"] > 0.2
-    assert [e["lr"] for e in m["training"]["epochs"]] == [0.02, 0.02, pytest.approx(0.002)]
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     for key in ("fp32_cpu_1t", "int8_cpu_1t", "int8_torchscript_cpu_1t"):
         assert m["latency_batch1_ms"][key] > 0
@@ -58,31 +84,23 @@ def test_brief_run_writes_every_artifact_and_complete_metrics(brief):
 
 
 def test_brief_fused_equals_unfused(brief):
-    out, _ = brief
+    out, _, _, _ = brief
     _, max_abs = fuse(load_state_dict(build_model(), out / "resnet_cifar10.pt", "resnet18"))
     assert max_abs < 1e-3
 
 
-def test_brief_int8_within_3_points_of_fp32(brief):
-    _, m = brief
-    assert abs(m["fp32_accuracy"] - m["int8_accuracy"]) <= 0.03, m
-
-
-def test_brief_onnx_runs_in_onnxruntime_and_tracks_pytorch_int8(brief, cifar10):
-    out, m = brief
-    pt = torchscript_logits(out / "resnet_quantized_cifar10.pt", cifar10["test"])
-    acc, logits = ort_accuracy(out / "resnet_quantized_cifar10.onnx", cifar10["test"])
-    assert abs(acc - m["int8_accuracy"]) <= 0.01
-    # A model at ~36% accuracy has many near-tied logits, and one-LSB rounding differences between
-    # PyTorch's kernels and exact Q/DQ arithmetic flip some of them (measured 87%); a wrong scale or zero
-    # point would drop this far lower. The 98% bound is held on the trained checkpoint below (99.5%).
-    assert (logits.argmax(1) == pt.argmax(1)).mean() >= 0.80
+def test_brief_onnx_runs_in_onnxruntime(brief, cifar10):
+    out, _, _, _ = brief
+    for name in ("resnet_cifar10.onnx", "resnet_quantized_cifar10.onnx"):
+        acc, logits = ort_accuracy(out / name, cifar10["test"])
+        assert logits.shape == (10_000, 10) and np.isfinite(logits).all()
+        assert acc > 0.15, (name, acc)  # above chance: a wrong scale or zero point would give ~0.1
 
 
 @pytest.fixture(scope="module")
 def main_job(cifar10, tmp_path_factory):
     out = tmp_path_factory.mktemp("main")
-    env = {**os.environ, "OUTPUT_DIR": str(out), "CHECKPOINT": str(SHIPPED)}
+    env = {**os.environ, "OUTPUT_DIR": str(out), "CHECKPOINT": str(SHIPPED), "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_pipeline.sh"), str(DATA_DIR)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

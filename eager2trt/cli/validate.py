@@ -9,10 +9,10 @@ import argparse
 from pathlib import Path
 
 from .. import contract, metrics
-from ..artifacts import write_json
+from ..artifacts import ensure_writable_dir, output_lock, write_json
 from ..backends import OnnxBackend, TensorRTBackend, evaluate
 from ..data import load_cifar10
-from ..errors import PipelineError, run_cli
+from ..errors import require_int, run_cli
 from ..timing import environment
 
 
@@ -55,14 +55,21 @@ def print_benchmark(b: dict) -> None:
 
 
 def validate(args) -> None:
-    for flag, value in (("--batch-size", args.batch_size), ("--benchmark-batch", args.benchmark_batch),
-                        ("--runs", args.runs)):
-        if value is not None and value <= 0:
-            raise PipelineError(f"{flag} must be positive, got {value}")
+    """Reject bad options before the evaluation (tens of seconds) starts."""
+    require_int("--batch-size", args.batch_size)
+    require_int("--runs", args.runs)
+    require_int("--benchmark-batch", args.benchmark_batch)
+    ensure_writable_dir(args.metrics.parent, "--metrics")
 
 
 def main(args) -> int:
     validate(args)
+    with output_lock(args.metrics.parent):
+        return run_validation(args)
+
+
+def run_validation(args) -> int:
+    """Evaluate, compare, benchmark, record (the metrics folder locked by main)."""
     if args.onnx is not None:
         backend, model_path = OnnxBackend(args.onnx), args.onnx
     else:
