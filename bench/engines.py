@@ -8,6 +8,7 @@ table last.
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import warnings
@@ -58,7 +59,7 @@ def latency(int8, runs: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(int8, x)
-    default, out = torch.get_num_threads(), {}
+    default, out = torch.get_num_threads(), {"load_1min": os.getloadavg()[0]}
     with torch.no_grad():
         for threads in sorted({1, default}):
             torch.set_num_threads(threads)
@@ -87,18 +88,20 @@ def measure_arch(arch: str, engines: list, args, workdir: Path) -> list:
 def markdown(rows: list, env: dict, args) -> str:
     threads = sorted({k for r in rows for k in r if k.startswith("torchscript_")},
                      key=lambda k: int(k.split("_")[1][:-1]))
-    lines = [f"Machine: {env['cpu']} ({env['cpu_count']} cores), torch {env['torch']}, onnxruntime "
-             f"{env.get('onnxruntime')}. Random init (kaiming normal, fan_in), histogram calibration and comparison "
-             f"on the same {args.samples} random inputs (seed {args.seed}); Q/DQ ONNX run in onnxruntime without "
+    load = ", ".join(f"{x:.1f}" for x in env["load_average_1_5_15min"])
+    lines = [f"Machine: {env['cpu']} ({env['cpu_count']} cores, load average {load} when the run ended), torch "
+             f"{env['torch']}, onnxruntime {env.get('onnxruntime')}. Random init (kaiming normal, fan_in), histogram "
+             f"calibration and comparison on the same {args.samples} random inputs (seed {args.seed}); Q/DQ ONNX run in onnxruntime without "
              f"graph optimizations; quint8 per-tensor-symmetric activations, per-channel int8 weights in [-127, 127].",
              "", "| model | engine | PyTorch INT8 vs Q/DQ ONNX, relative | argmax agreement | distance ratio "
              "(PyTorch-to-graph / smaller INT8-to-FP32) | PyTorch INT8 vs FP32 | Q/DQ ONNX vs FP32 | "
-             + " | ".join(f"TorchScript INT8 batch 1, {k.split('_')[1][:-1]} thread(s), ms" for k in threads) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(threads)]
+             + " | ".join(f"TorchScript INT8 batch 1, {k.split('_')[1][:-1]} thread(s), ms" for k in threads)
+             + " | machine load (1 min) |", "|---|---|---|---|---|---|---|" + "---|" * (len(threads) + 1)]
     for r in rows:
         lines.append(f"| {r['arch']} | {r['engine']} | {r['pytorch_vs_graph_relative']:.3f} | "
                      f"{r['argmax_agreement']:.3f} | {r['distance_ratio']:.2f} | {r['pytorch_vs_fp32_relative']:.3f} | "
-                     f"{r['graph_vs_fp32_relative']:.3f} | " + " | ".join(f"{r[k]:.2f}" for k in threads) + " |")
+                     f"{r['graph_vs_fp32_relative']:.3f} | " + " | ".join(f"{r[k]:.2f}" for k in threads)
+                     + f" | {r['load_1min']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +109,7 @@ def main(args) -> list:
     engines = [e for e in args.engines if e in supported_engines()]
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for arch in args.archs for r in measure_arch(arch, engines, args, Path(tmp))]
-    env = environment()
+    env = {**environment(), "load_average_1_5_15min": os.getloadavg()}  # other jobs on the machine skew latency
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.output_dir / f"{args.name}.json", {"environment": env, "args": {**vars(args), "output_dir": str(
         args.output_dir)}, "rows": rows})
