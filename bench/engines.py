@@ -91,8 +91,8 @@ def markdown(rows: list, env: dict, args) -> str:
     load = ", ".join(f"{x:.1f}" for x in env["load_average_1_5_15min"])
     lines = [f"Machine: {env['cpu']} ({env['cpu_count']} cores, load average {load} when the run ended), torch "
              f"{env['torch']}, onnxruntime {env.get('onnxruntime')}. Random init (kaiming normal, fan_in), histogram "
-             f"calibration and comparison on the same {args.samples} random inputs (seed {args.seed}); Q/DQ ONNX run in onnxruntime without "
-             f"graph optimizations; quint8 per-tensor-symmetric activations, per-channel int8 weights in [-127, 127].",
+             f"calibration and comparison on the same {args.samples} random inputs (seed {args.seed}); Q/DQ ONNX "
+             f"run in onnxruntime without graph optimizations; quint8 per-tensor-symmetric activations, per-channel int8 weights in [-127, 127].",
              "", "| model | engine | PyTorch INT8 vs Q/DQ ONNX, relative | argmax agreement | distance ratio "
              "(PyTorch-to-graph / smaller INT8-to-FP32) | PyTorch INT8 vs FP32 | Q/DQ ONNX vs FP32 | "
              + " | ".join(f"TorchScript INT8 batch 1, {k.split('_')[1][:-1]} thread(s), ms" for k in threads)
