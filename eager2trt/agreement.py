@@ -2,12 +2,13 @@
 
 PyTorch's eager INT8 model is the project's accuracy reference for the ONNX and TensorRT stages, so it must
 agree with the graph. The distance rule: the two INT8 computations must be closer to each other than either
-is to FP32 (distance_ratio < 1). A faithful engine differs from the graph by rounding alone; a drifting
+is to FP32 (distance_ratio < 1 on random inputs). A faithful engine differs from the graph by rounding alone; a drifting
 engine (x86/fbgemm on depthwise models) moves PyTorch away from the graph by more than the quantization
 error, and a graph from another model is far from PyTorch while PyTorch stays near its FP32 model.
 On real images argmax agreement >= 99% also passes: that is what accuracy figures rest on. On random inputs,
 and on real images for an undertrained or badly quantized model, near-tied logits flip on one-LSB rounding
-(measured: 83% agreement for a 3-epoch ResNet18 at 37% accuracy with onednn), so the distance rule decides.
+(measured: 83% and 94% agreement for two 3-epoch ResNet18s at 36% accuracy with onednn), so a distance
+rule decides there.
 """
 
 from pathlib import Path
@@ -25,6 +26,10 @@ REAL_AGREEMENT_MIN = 0.99  # shipped ResNet18 on the test set: 0.9954 with x86, 
 # |PyTorch - graph| / min(|graph - FP32|, |PyTorch - FP32|): onednn 0.26-0.86, x86 on MobileNetV2 3.8-10
 # (bench/results/engines_cpu2.md, tests/test_fidelity.py); trained models on real images 0.68.
 DISTANCE_RATIO_MAX = 1.0
+# On real images the 99% argmax bound comes first; the distance fallback lets undertrained models through (the
+# test suite's 3-epoch ResNet18 with onednn: 94% agreement, ratio 0.92), so it sits between the faithful
+# engines' largest ratio measured (0.92) and the drifting ones' smallest (3.8) rather than at the edge.
+REAL_DISTANCE_RATIO_MAX = 1.5
 
 Reference = Union[torch.nn.Module, Path, str, onnx.ModelProto]
 
@@ -60,8 +65,8 @@ def check_agreement(int8_model: torch.nn.Module, qdq_onnx: Union[Path, str, onnx
                     fp32_model: Optional[Reference], batches: Iterable, real: bool) -> dict:
     """Compare PyTorch INT8 with its Q/DQ graph (and both with FP32); raise outside the bound.
 
-    Bound: distance_ratio < DISTANCE_RATIO_MAX, or, when `real` (real images), argmax agreement >=
-    REAL_AGREEMENT_MIN. Without `fp32_model` only the argmax rule on real images is available.
+    Bound: random inputs, distance_ratio < DISTANCE_RATIO_MAX; real images (`real`), argmax agreement >=
+    REAL_AGREEMENT_MIN or distance_ratio < REAL_DISTANCE_RATIO_MAX (without `fp32_model`, argmax alone).
     """
     batches = list(batches)
     if not real and fp32_model is None:
@@ -81,7 +86,8 @@ def check_agreement(int8_model: torch.nn.Module, qdq_onnx: Union[Path, str, onnx
         result.update(pytorch_vs_fp32_relative=relative_distance(pt, fp32),
                       graph_vs_fp32_relative=relative_distance(graph, fp32),
                       distance_ratio=distance_ratio(pt, graph, fp32))
-        ok, bounds = result["distance_ratio"] < DISTANCE_RATIO_MAX, [f"distance_ratio < {DISTANCE_RATIO_MAX:g}"]
+        limit = REAL_DISTANCE_RATIO_MAX if real else DISTANCE_RATIO_MAX
+        ok, bounds = result["distance_ratio"] < limit, [f"distance_ratio < {limit:g}"]
     if real:
         ok = ok or result["argmax_agreement"] >= REAL_AGREEMENT_MIN
         bounds.append(f"argmax_agreement >= {REAL_AGREEMENT_MIN}")

@@ -40,6 +40,8 @@ def test_default_engine_int8_is_closer_to_its_graph_than_either_is_to_fp32(quant
     # ratio < 1: PyTorch-to-graph distance below both INT8 results' distances to FP32, so in particular below
     # the graph's own distance to FP32 (the issue's "done when")
     assert r["ok"] and r["distance_ratio"] < 1.0, r
+    # real=True adds the 99% argmax alternative and a 1.5 distance bound; a faithful engine passes either way
+    assert check_agreement(int8, path, fused, random_batches(4, seed=2), real=True)["ok"]
 
 
 def test_graph_of_another_model_fails_with_one_sentence(quantized, tmp_path):
@@ -62,6 +64,8 @@ def test_x86_drift_on_mobilenet_v2_is_caught_and_names_the_engine_to_use(quantiz
     assert "x86 engine drifts" in capsys.readouterr().err
     with pytest.raises(PipelineError, match=f"quantize with --engine {DEFAULT_ENGINE}"):
         check_agreement(x86, path, fused, random_batches(4, seed=2), real=False)
+    with pytest.raises(PipelineError, match="x86 engine"):  # the real-image bounds do not let the drift through
+        check_agreement(x86, path, fused, random_batches(4, seed=2), real=True)
     select_engine()
 
 
