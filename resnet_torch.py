@@ -12,8 +12,9 @@ from eager2trt.data import iterate_batches, load_cifar10
 from eager2trt.errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
 from eager2trt.export import export_onnx, export_torchscript
 from eager2trt.report import plot_training
-from eager2trt.model import (ACTIVATION_DTYPES, ARCHS, OBSERVERS, build_model, fuse, load_state_dict, quantize,
-                             select_engine)
+from eager2trt.agreement import check_agreement, print_agreement
+from eager2trt.model import (ACTIVATION_DTYPES, ARCHS, DEFAULT_ENGINE, DRIFTING_ENGINES, OBSERVERS, build_model, fuse,
+                             load_state_dict, quantize, select_engine)
 from eager2trt.timing import environment, measure, thread_sweep
 from eager2trt.train import check_trained, evaluate, recipe_from_args, seed_everything, train
 
@@ -24,7 +25,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="CIFAR-10 root: torchvision layout or train/ and test/ image folders")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 through torchvision")
     p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR, help="where every artifact goes")
-    p.add_argument("--arch", default="resnet18", help=f"one of {', '.join(ARCHS)}")
+    p.add_argument("--arch", default="resnet18",
+                   help=f"one of {', '.join(ARCHS)} (torchvision's quantizable models; _cifar: stride-1 stem for 32x32)")
     p.add_argument("--checkpoint", type=Path, help="start from this FP32 state_dict and skip training")
     p.add_argument("--epochs", type=int, default=200, help="training epochs (ignored with --checkpoint)")
     p.add_argument("--batch-size", type=int, default=128, help="training and calibration batch size")
@@ -43,7 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default="histogram",
                    help=f"activation observer: {', '.join(OBSERVERS)} (minmax is the reference's)")
     p.add_argument("--calib-batches", type=int, help="calibrate on this many training batches (default: all)")
-    p.add_argument("--engine", default="x86", help="quantized CPU engine (x86, fbgemm, onednn, qnnpack)")
+    p.add_argument("--engine", default=DEFAULT_ENGINE,
+                   help=f"quantized CPU engine (onednn, qnnpack, x86, fbgemm); {' and '.join(DRIFTING_ENGINES)} drift "
+                        f"from the Q/DQ graph on depthwise models")
     p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs per latency figure")
     p.add_argument("--overwrite", action="store_true",
                    help="let training replace an existing <output-dir>/resnet_cifar10.pt")
@@ -110,6 +114,11 @@ def calibration_batches(data, args):
         yield x
 
 
+def agreement_batches(data) -> list:
+    """The real test images, in the order the accuracy figures use."""
+    return [x for x, _ in iterate_batches(data["test"], 500)]
+
+
 def latencies(fp32, int8, int8_ts, runs: int) -> dict:
     """Batch-1 median latencies in ms: FP32/INT8/TorchScript CPU at 1 and default threads, FP32 CUDA."""
     x = torch.randn(1, 3, 32, 32)
@@ -146,10 +155,13 @@ def run(args) -> dict:
     fp32_acc = evaluate(fp32.to(device), data["test"].to(device))
     fp32.cpu()
     int8_acc = evaluate(int8, data["test"])
+    agreement = check_agreement(int8, args.output_dir / paths.INT8_ONNX, fp32, agreement_batches(data), real=True)
+    print_agreement(agreement)
     lat = latencies(fp32, int8, int8_ts, args.latency_runs)
     report(fp32_acc, int8_acc, lat)
     metrics = {"arch": args.arch, "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
-               "fusion_max_abs_diff": fuse_err, "latency_batch1_ms": lat, "activation_dtype": args.activation_dtype,
+               "fusion_max_abs_diff": fuse_err, "int8_vs_onnx_agreement": agreement, "latency_batch1_ms": lat,
+               "activation_dtype": args.activation_dtype, "engine": torch.backends.quantized.engine,
                "calibration": args.calibration, "calib_batches": args.calib_batches, "seed": args.seed,
                "environment": environment(), "training": training, "wall_seconds": time.perf_counter() - t_start,
                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}

@@ -1,0 +1,124 @@
+"""Which quantized CPU engine computes what the exported Q/DQ graph computes? Fidelity and speed, one run.
+
+For each model (variance-preserving random init, histogram-calibrated on random inputs) and each quantized
+engine this torch build has: PyTorch INT8 vs its Q/DQ ONNX in onnxruntime (relative distance, argmax
+agreement, distance ratio to the graph's own quantization error), PyTorch INT8 vs FP32, Q/DQ vs FP32, and
+TorchScript INT8 batch-1 median latency at 1 and all threads. Writes OUTPUT_DIR/NAME.{json,md}, prints the
+table last.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eager2trt.agreement import argmax_agreement, distance_ratio, logits, relative_distance  # noqa: E402
+from eager2trt.artifacts import atomic_path, write_json  # noqa: E402
+from eager2trt.errors import run_cli  # noqa: E402
+from eager2trt.export import export_onnx  # noqa: E402
+from eager2trt.model import (ARCHS, build_model, fuse, quantize, supported_engines,  # noqa: E402
+                             variance_preserving_init)
+from eager2trt.timing import environment, measure  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--archs", nargs="+", default=["resnet18", "mobilenet_v2"], help=f"any of {', '.join(ARCHS)}")
+    p.add_argument("--engines", nargs="+", default=supported_engines(), help="quantized engines to compare")
+    p.add_argument("--samples", type=int, default=64, help="random inputs for calibration and for the comparison")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the inputs")
+    p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per latency figure")
+    p.add_argument("--output-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--name", default="engines_cpu2", help="file stem of the .json and .md written")
+    return p
+
+
+def random_inputs(n: int, seed: int, batch: int = 8) -> list:
+    gen = torch.Generator().manual_seed(seed + 1)
+    return [torch.randn(batch, 3, 32, 32, generator=gen) for _ in range(max(1, n // batch))]
+
+
+def fidelity(int8, onnx_path: Path, fp32_logits, batches: list) -> dict:
+    """The issue's four figures plus the distance ratio the pipeline's random-input bound uses."""
+    pt, graph = logits(int8, batches), logits(onnx_path, batches)
+    return {"pytorch_vs_graph_relative": relative_distance(pt, graph), "argmax_agreement": argmax_agreement(pt, graph),
+            "pytorch_vs_fp32_relative": relative_distance(pt, fp32_logits),
+            "graph_vs_fp32_relative": relative_distance(graph, fp32_logits),
+            "distance_ratio": distance_ratio(pt, graph, fp32_logits)}
+
+
+def latency(int8, runs: int) -> dict:
+    """TorchScript INT8 batch-1 median ms at 1 thread and at all threads."""
+    x = torch.randn(1, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(int8, x)
+    default, out = torch.get_num_threads(), {"load_1min": os.getloadavg()[0]}
+    with torch.no_grad():
+        for threads in sorted({1, default}):
+            torch.set_num_threads(threads)
+            out[f"torchscript_{threads}t_ms"] = measure(lambda: traced(x), runs=runs, warmup=20)["median_ms"]
+    torch.set_num_threads(default)
+    return out
+
+
+def measure_arch(arch: str, engines: list, args, workdir: Path) -> list:
+    torch.manual_seed(args.seed)
+    fp32 = variance_preserving_init(build_model(arch)).eval()
+    fused, _ = fuse(fp32)
+    batches = random_inputs(args.samples, args.seed)
+    fp32_logits = logits(fp32, batches)
+    rows = []
+    for engine in engines:
+        int8 = quantize(fused, batches, engine=engine)
+        onnx_path = export_onnx(int8, workdir / f"{arch}_{engine}.onnx")
+        row = {"arch": arch, "engine": engine, **fidelity(int8, onnx_path, fp32_logits, batches),
+               **latency(int8, args.runs)}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list, env: dict, args) -> str:
+    threads = sorted({k for r in rows for k in r if k.startswith("torchscript_")},
+                     key=lambda k: int(k.split("_")[1][:-1]))
+    load = ", ".join(f"{x:.1f}" for x in env["load_average_1_5_15min"])
+    lines = [f"Machine: {env['cpu']} ({env['cpu_count']} cores, load average {load} when the run ended), torch "
+             f"{env['torch']}, onnxruntime {env.get('onnxruntime')}. Random init (kaiming normal, fan_in), histogram "
+             f"calibration and comparison on the same {args.samples} random inputs (seed {args.seed}); Q/DQ ONNX "
+             f"run in onnxruntime without graph optimizations; quint8 per-tensor-symmetric activations, per-channel int8 weights in [-127, 127].",
+             "", "| model | engine | PyTorch INT8 vs Q/DQ ONNX, relative | argmax agreement | distance ratio "
+             "(PyTorch-to-graph / smaller INT8-to-FP32) | PyTorch INT8 vs FP32 | Q/DQ ONNX vs FP32 | "
+             + " | ".join(f"TorchScript INT8 batch 1, {k.split('_')[1][:-1]} thread(s), ms" for k in threads)
+             + " | machine load (1 min) |", "|---|---|---|---|---|---|---|" + "---|" * (len(threads) + 1)]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['engine']} | {r['pytorch_vs_graph_relative']:.3f} | "
+                     f"{r['argmax_agreement']:.3f} | {r['distance_ratio']:.2f} | {r['pytorch_vs_fp32_relative']:.3f} | "
+                     f"{r['graph_vs_fp32_relative']:.3f} | " + " | ".join(f"{r[k]:.2f}" for k in threads)
+                     + f" | {r['load_1min']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(args) -> list:
+    engines = [e for e in args.engines if e in supported_engines()]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [r for arch in args.archs for r in measure_arch(arch, engines, args, Path(tmp))]
+    env = {**environment(), "load_average_1_5_15min": os.getloadavg()}  # other jobs on the machine skew latency
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(args.output_dir / f"{args.name}.json", {"environment": env, "args": {**vars(args), "output_dir": str(
+        args.output_dir)}, "rows": rows})
+    table = markdown(rows, env, args)
+    with atomic_path(args.output_dir / f"{args.name}.md") as tmp:
+        tmp.write_text(table)
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
