@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 
-from eager2trt import paths
+from eager2trt import contract
 from eager2trt.artifacts import atomic_path, write_json
 from eager2trt.data import iterate_batches, load_cifar10, normalize
 from eager2trt.errors import PipelineError, run_cli
@@ -38,11 +38,11 @@ MODELOPT_VARIANTS = [("max", "fp16"), ("max", "fp32"), ("entropy", "fp16"), ("en
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=paths.OUTPUT_DIR / paths.FP32_STATE,
+    p.add_argument("--checkpoint", type=Path, default=contract.OUTPUT_DIR / contract.FP32_STATE,
                    help="FP32 state_dict that our INT8 graphs are quantized from")
-    p.add_argument("--fp32-onnx", type=Path, default=paths.OUTPUT_DIR / paths.FP32_ONNX,
+    p.add_argument("--fp32-onnx", type=Path, default=contract.OUTPUT_DIR / contract.FP32_ONNX,
                    help="FP32 ONNX of the same checkpoint (resnet_torch.py writes it); ModelOpt quantizes this")
-    p.add_argument("--data-dir", type=Path, default=paths.DATA_DIR, help="CIFAR-10 (calibration and test images)")
+    p.add_argument("--data-dir", type=Path, default=contract.DATA_DIR, help="CIFAR-10 (calibration and test images)")
     p.add_argument("--calib-images", type=int, default=8192, help="calibration images, for ours and ModelOpt alike")
     p.add_argument("--modelopt-python", default=sys.executable,
                    help="python of the venv where nvidia-modelopt[onnx] is installed")
@@ -74,7 +74,7 @@ def ours(args, calib: torch.Tensor, work: Path) -> tuple[dict, torch.nn.Module]:
     """Our graphs from the checkpoint quantized in PyTorch on `calib`: exact, fast FP32, fast FP16."""
     fp32 = load_state_dict(build_model(), args.checkpoint, "resnet18").eval()
     int8 = quantize(fuse(fp32)[0], calib.split(128))
-    exported = load_onnx(export_onnx(int8, work / paths.INT8_ONNX))
+    exported = load_onnx(export_onnx(int8, work / contract.INT8_ONNX))
     exact, _ = make_tensorrt_ready(exported)
     fast, report = make_fast(exported)
     graphs = {"ours exact": exact, "ours fast, FP32 high precision": fast,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from eager2trt import paths
+from eager2trt import contract
 from eager2trt.artifacts import write_json
 from eager2trt.data import MEAN, STD, epoch_batches, load_cifar10
 from eager2trt.errors import PipelineError, require_choice, require_int, run_cli
@@ -26,8 +26,8 @@ VARIANTS = {"reference": Recipe(fast=False),
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=paths.DATA_DIR, help="CIFAR-10 root")
-    p.add_argument("--output-dir", type=Path, default=paths.OUTPUT_DIR, help="where train_speed.json goes")
+    p.add_argument("--data-dir", type=Path, default=contract.DATA_DIR, help="CIFAR-10 root")
+    p.add_argument("--output-dir", type=Path, default=contract.OUTPUT_DIR, help="where train_speed.json goes")
     p.add_argument("--steps", type=int, default=200, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps per variant (compilation happens here)")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers for the reference loop")

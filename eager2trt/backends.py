@@ -24,8 +24,8 @@ class PyTorchBackend:
     name = "pytorch"
 
     def __init__(self, model: torch.nn.Module, device: Union[str, torch.device] = "cpu", channels_last: bool = False):
-        self.model = model.eval()
         self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.channels_last = channels_last
         self.quantized = is_quantized_module(model)
 

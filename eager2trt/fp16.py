@@ -5,13 +5,11 @@ from pathlib import Path
 
 import onnx
 
-from . import paths
+from . import contract
+from .contract import FP16_ACCURACY_TOLERANCE
 from .artifacts import ensure_writable_dir, output_lock, save_onnx
 from .errors import PipelineError, run_cli
 from .onnx_utils import load_onnx
-
-FP16_ACCURACY_TOLERANCE = 0.001  # 0.1 points of test accuracy
-
 
 def refuse_quantized(model: onnx.ModelProto, path: Path) -> None:
     """Stop on a Q/DQ model: onnxconverter-common would make its scales float16, which DequantizeLinear
@@ -19,7 +17,7 @@ def refuse_quantized(model: onnx.ModelProto, path: Path) -> None:
     qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     if qdq:
         raise PipelineError(f"{path} is a quantized model ({qdq} QuantizeLinear/DequantizeLinear nodes); FP16 "
-                            f"conversion takes the FP32 ONNX, e.g. --input {paths.OUTPUT_DIR / paths.FP32_ONNX}")
+                            f"conversion takes the FP32 ONNX, e.g. --input {contract.OUTPUT_DIR / contract.FP32_ONNX}")
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -36,8 +34,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eager2trt.fp16", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", type=Path, default=paths.OUTPUT_DIR / paths.FP32_ONNX, help="FP32 ONNX")
-    p.add_argument("--output", type=Path, default=paths.OUTPUT_DIR / paths.FP16_ONNX, help="FP16 ONNX to write")
+    p.add_argument("--input", type=Path, default=contract.OUTPUT_DIR / contract.FP32_ONNX, help="FP32 ONNX")
+    p.add_argument("--output", type=Path, default=contract.OUTPUT_DIR / contract.FP16_ONNX, help="FP16 ONNX to write")
     p.add_argument("--data-dir", type=Path, help="check FP16 accuracy against FP32 on the CIFAR-10 test set")
     return p
 
@@ -71,5 +69,9 @@ def convert(fp32: onnx.ModelProto, args) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def run() -> None:
     run_cli(lambda: main(get_args_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    run()

@@ -10,6 +10,7 @@ import torch
 from torch.ao import quantization as tq
 from torchvision.models import quantization as qmodels
 
+from .contract import FUSE_ATOL, FUSE_RTOL, IMAGE_SHAPE  # the reference's fused-vs-unfused check
 from .errors import PipelineError, require_choice
 
 ARCHS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v2_cifar")
@@ -30,8 +31,6 @@ EPS = 2.0 ** -12
 FAITHFUL_ENGINES = ("onednn", "qnnpack")
 DRIFTING_ENGINES = ("x86", "fbgemm")
 DEFAULT_ENGINE = FAITHFUL_ENGINES[0]
-# Fused vs unfused tolerance from the reference.
-FUSE_RTOL, FUSE_ATOL = 1e-3, 1e-6
 
 
 def build_model(arch: str = "resnet18", num_classes: int = 10) -> torch.nn.Module:
@@ -85,7 +84,8 @@ def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
     return model
 
 
-def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0) -> tuple[torch.nn.Module, float]:
+def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
+         input_shape: tuple = IMAGE_SHAPE) -> tuple[torch.nn.Module, float]:
     """Return a fused copy (conv+bn+relu, conv+bn, downsample) and its max abs deviation.
 
     Raises when fused and unfused outputs differ beyond the reference's rtol/atol on random inputs.
@@ -94,7 +94,7 @@ def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0) -> tuple[to
     fused = copy.deepcopy(model)
     fused.fuse_model()  # torchvision: fuses every block in place, numerics unchanged
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_checks, 3, 32, 32, generator=gen)
+    x = torch.randn(num_checks, *input_shape, generator=gen)
     with torch.no_grad():
         ref, out = model(x), fused(x)
     max_abs = (ref - out).abs().max().item()

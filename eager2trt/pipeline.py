@@ -10,7 +10,7 @@ The CLIs, the benchmarks and the tests all go through here.
 """
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -22,11 +22,13 @@ from .artifacts import atomic_path, ensure_writable_dir
 from .contract import EQUIVALENCE_ATOL, ArtifactPaths
 from .errors import PipelineError
 from .export import export_onnx, export_torchscript
+from .agreement import check_agreement
 from .lint import lint
-from .model import fuse, quantize
+from .model import DEFAULT_ENGINE, fuse, quantize
 from .onnx_utils import load_onnx
+from .placement import make_fast, with_high_precision
 from .surgery import make_tensorrt_ready
-from .verify import equivalence, random_batches
+from .verify import equivalence, error_ratio, input_shape, random_batches
 
 
 @dataclass
@@ -35,7 +37,7 @@ class QuantizeConfig:
 
     activation_dtype: str = "quint8"
     calibration: str = "histogram"
-    engine: str = "x86"
+    engine: str = DEFAULT_ENGINE  # onednn: its arithmetic matches the Q/DQ graph (x86/fbgemm drift)
 
 
 @dataclass
@@ -50,7 +52,8 @@ class PipelineResult:
     surgery: dict  # rewrite counts, op counts before and after
     lint: dict  # rule -> findings (all empty: the pipeline stops otherwise)
     equivalence: dict  # exact surgery vs the export, on random (and given) inputs
-    extra: dict = field(default_factory=dict)
+    agreement: dict  # PyTorch INT8 vs its Q/DQ graph (and both vs FP32)
+    fast: Optional[dict] = None  # fast placement: rewrite report, lint, error ratio (when asked for)
 
 
 def _peek(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, Iterable[torch.Tensor]]:
@@ -71,15 +74,7 @@ def make_tensorrt_ready_file(source: Path, target: Path, check_inputs: Optional[
     """Exact surgery on an INT8 ONNX file, lint, equivalence on random (+ given) inputs, atomic write."""
     original = load_onnx(source)
     ready, report = make_tensorrt_ready(original)
-    findings = lint(ready)
-    failed = {rule: f for rule, f in findings.items() if f}
-    if failed:
-        rule, f = next(iter(failed.items()))
-        raise PipelineError(f"the rewritten graph breaks TensorRT's rule {rule} at {f[0].node} ({f[0].message}) "
-                            f"and {sum(map(len, failed.values())) - 1} more places; the surgery does not handle "
-                            f"this graph yet")
-    from .verify import input_shape
-
+    findings = _lint_or_raise(ready)
     batches = random_batches(n=2, shape=input_shape(original, batch_size=4)) + list(check_inputs or [])
     eq = equivalence(original, ready, batches, atol=atol)
     if not eq["ok"]:
@@ -90,27 +85,64 @@ def make_tensorrt_ready_file(source: Path, target: Path, check_inputs: Optional[
     return ready, report, findings, eq
 
 
+def _lint_or_raise(model: onnx.ModelProto, level: Optional[str] = None) -> dict:
+    """Every rule's findings; one sentence naming the first broken rule and node otherwise."""
+    findings = lint(model, level) if level else lint(model)
+    failed = {rule: f for rule, f in findings.items() if any(x.level == "error" for x in f)}
+    if failed:
+        rule, f = next(iter(failed.items()))
+        raise PipelineError(f"the rewritten graph breaks TensorRT's rule {rule} at {f[0].node} ({f[0].message}) "
+                            f"and {sum(map(len, failed.values())) - 1} more places; the surgery does not handle "
+                            f"this graph yet")
+    return findings
+
+
+def make_fast_file(source: Path, fp32_onnx: Path, target: Path, high_precision: str = "fp32",
+                   batches: Optional[list] = None) -> dict:
+    """Fast placement on an INT8 ONNX file, linted with the performance rules as errors, its logit error vs
+    FP32 held within FAST_ERROR_RATIO of the exact graph's on `batches` (random by default); atomic write."""
+    original = load_onnx(source)
+    fast32, report = make_fast(original)
+    fast = with_high_precision(fast32, report, high_precision)
+    findings = _lint_or_raise(fast, "error")
+    batches = batches or random_batches(n=2, shape=input_shape(original, batch_size=8))
+    ratio = error_ratio(load_onnx(fp32_onnx), original, fast, batches)
+    if not ratio["ok"]:
+        raise PipelineError(f"the fast graph's error against FP32 is {ratio['ratio']:.2f}x the exact graph's "
+                            f"(bound {ratio['bound']:g}x); use the exact graph for this model")
+    with atomic_path(target) as tmp:
+        onnx.save(fast, str(tmp))
+    return {"report": report, "lint": findings, "error_ratio": ratio}
+
+
 def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[torch.Tensor], output_dir: Path,
-                         config: Optional[QuantizeConfig] = None,
-                         check_inputs: Optional[list] = None) -> PipelineResult:
+                         config: Optional[QuantizeConfig] = None, check_inputs: Optional[list] = None,
+                         agreement_inputs: Optional[list] = None, fast: Optional[str] = None) -> PipelineResult:
     """Fuse, quantize, export and make TensorRT-ready, verifying each step; write every artifact to output_dir.
 
     `fp32` needs torchvision's quantizable-model contract: QuantStub/DeQuantStub around forward, FloatFunctional
     for additions, and a `fuse_model()` method (see README, "Bring your own model"). `check_inputs` are extra
-    float32 numpy batches (e.g. real test images) the equivalence check also runs on.
+    float32 numpy batches (e.g. real test images) the equivalence check also runs on. `agreement_inputs` are
+    real float NCHW batches for the PyTorch-INT8-vs-graph agreement check (else it runs on random inputs,
+    held to a tighter bound). `fast` ("fp32" or "fp16" high precision) also writes the fast-placement graph.
     """
     config = config or QuantizeConfig()
     paths = ArtifactPaths(ensure_writable_dir(output_dir))
     example, calibration_batches = _peek(calibration_batches)
     fp32 = fp32.eval().cpu()
-    fused, fuse_err = fuse(fp32)
+    fused, fuse_err = fuse(fp32, input_shape=tuple(example.shape[1:]))
     int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine)
     export_onnx(fp32, paths.fp32_onnx, example=example)
     export_onnx(int8, paths.int8_onnx, example=example)
     int8_ts = export_torchscript(int8, paths.int8_torchscript, example=example)
     _, report, findings, eq = make_tensorrt_ready_file(paths.int8_onnx, paths.int8_onnx_modified, check_inputs)
+    real = agreement_inputs is not None
+    inputs = agreement_inputs if real else [torch.randn(example.shape, generator=torch.Generator().manual_seed(i))
+                                            for i in range(4)]
+    agreement = check_agreement(int8, paths.int8_onnx, fp32, inputs, real=real)
+    fast_result = make_fast_file(paths.int8_onnx, paths.fp32_onnx, paths.int8_onnx_fast, fast) if fast else None
     return PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, fusion_max_abs_diff=fuse_err,
-                          surgery=report, lint=findings, equivalence=eq)
+                          surgery=report, lint=findings, equivalence=eq, agreement=agreement, fast=fast_result)
 
 
 def as_numpy_batches(batches: Iterable[torch.Tensor]) -> list[np.ndarray]:

@@ -5,7 +5,7 @@ from pathlib import Path
 from .artifacts import atomic_path
 
 
-def plot_training(epochs: list[dict], path: Path, title: str = "ResNet18 on CIFAR-10") -> Path:
+def plot_training(epochs: list[dict], path: Path, title: str = "CIFAR-10") -> Path:
     """Test accuracy and training loss per epoch, with the learning-rate drops marked."""
     import matplotlib
     matplotlib.use("Agg")

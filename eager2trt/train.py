@@ -64,15 +64,12 @@ class History:
 
 
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 1000, channels_last: bool = False) -> float:
-    """Top-1 accuracy of `model` on `split` (model and data on the same device)."""
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in iterate_batches(split, batch_size):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            correct += (model(x).argmax(1) == y).sum()
-    return int(correct) / len(split)
+    """Top-1 accuracy of `model` on `split` (model and data on the same device), through the one evaluator."""
+    from .backends import PyTorchBackend, evaluate as evaluate_backend
+
+    device = next(model.parameters()).device
+    backend = PyTorchBackend(model, device, channels_last=channels_last)
+    return evaluate_backend(backend, split, batch_size, progress=False).accuracy
 
 
 def _autocast(device: torch.device, enabled: bool):

@@ -6,7 +6,6 @@ from typing import Iterable, Union
 import numpy as np
 import onnx
 import torch
-from tqdm import tqdm
 
 from .data import Split, iterate_batches
 from .contract import EQUIVALENCE_ATOL, FAST_ERROR_RATIO
@@ -73,11 +72,11 @@ def equivalence(original: onnx.ModelProto, modified: onnx.ModelProto, batches: l
 
 def ort_accuracy(model: Union[Path, onnx.ModelProto], split: Split, batch_size: int = 500,
                  optimize: bool = True) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy of an ONNX model on `split`, and its logits."""
-    session = ort_session(model, optimize=optimize)
-    batches = tqdm(image_batches(split, batch_size), desc="onnxruntime", unit="batch", leave=False)
-    logits = ort_logits(session, batches)
-    return float((logits.argmax(1) == split.labels.numpy()).mean()), logits
+    """Top-1 accuracy of an ONNX model on `split`, and its logits (the backends' one evaluation loop)."""
+    from .backends import OnnxBackend, evaluate
+
+    result = evaluate(OnnxBackend(model, optimize=optimize), split, batch_size)
+    return result.accuracy, result.logits
 
 
 def error_ratio(fp32: onnx.ModelProto, exact: onnx.ModelProto, fast: onnx.ModelProto, batches: list,
