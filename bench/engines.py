@@ -9,22 +9,19 @@ table last.
 
 import argparse
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eager2trt.agreement import argmax_agreement, distance_ratio, logits, relative_distance  # noqa: E402
-from eager2trt.artifacts import atomic_path, write_json  # noqa: E402
-from eager2trt.errors import run_cli  # noqa: E402
-from eager2trt.export import export_onnx  # noqa: E402
-from eager2trt.model import (ARCHS, build_model, fuse, quantize, supported_engines,  # noqa: E402
+from eager2trt.agreement import argmax_agreement, distance_ratio, logits, relative_distance
+from eager2trt.artifacts import atomic_path, write_json
+from eager2trt.errors import run_cli
+from eager2trt.export import export_onnx
+from eager2trt.model import (ARCHS, build_model, fuse, quantize, supported_engines,
                              variance_preserving_init)
-from eager2trt.timing import environment, measure  # noqa: E402
+from eager2trt.timing import environment, measure
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=64, help="random inputs for calibration and for the comparison")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the inputs")
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per latency figure")
-    p.add_argument("--output-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--output-dir", type=Path, default=Path("bench/results"), help="where the table and JSON go")
     p.add_argument("--name", default="engines_cpu2", help="file stem of the .json and .md written")
     return p
 

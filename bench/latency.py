@@ -45,9 +45,9 @@ def calibration(args) -> list:
     if args.data_dir is None:
         gen = torch.Generator().manual_seed(0)
         return [torch.randn(contract.image_batch_shape(32), generator=gen) for _ in range(8)]
-    from eager2trt.data import iterate_batches, load_cifar10
+    from eager2trt.data import calibration_batches, load_cifar10
 
-    return [x for i, (x, _) in zip(range(16), iterate_batches(load_cifar10(args.data_dir)["train"], 128))]
+    return list(calibration_batches(load_cifar10(args.data_dir)["train"], 128, limit=16))
 
 
 def build_artifacts(args, workdir: Path) -> dict:

@@ -230,3 +230,11 @@ def epoch_batches(split: Split, batch_size: int, generator: Optional[torch.Gener
     labels = split.labels[order]
     for start in range(0, len(split), batch_size):
         yield images[start:start + batch_size], labels[start:start + batch_size]
+
+
+def calibration_batches(split: Split, batch_size: int, limit: Optional[int] = None):
+    """Un-augmented, normalized images for calibration: the first `limit` batches (all when None)."""
+    for i, (x, _) in enumerate(iterate_batches(split, batch_size)):
+        if limit is not None and i >= limit:
+            return
+        yield x

@@ -5,7 +5,7 @@ import os
 import onnx
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, skip_if_installed
 from qdq_graphs import conv_graph, fp32_graph
 
 
@@ -143,12 +143,7 @@ def test_onnx_gs_writes_verified_output(tmp_path):
 
 
 def test_resnet_tensorrt_without_tensorrt_says_so(tmp_path):
-    pytest.importorskip("torch")
-    try:
-        import tensorrt  # noqa: F401
-        pytest.skip("TensorRT is installed here; this test covers machines without it")
-    except ImportError:
-        pass
+    skip_if_installed("tensorrt")
     proc = run_script(ROOT / "resnet_tensorrt.py", "--engine", tmp_path / "x.engine")
     assert_one_sentence(proc, "TensorRT is not installed", "--onnx")
 
@@ -186,8 +181,8 @@ def test_latency_benchmark_wrong_checkpoint_names_real_flags(tmp_path):
     ckpt = tmp_path / "r18_100.pt"
     torch.save(build_model("resnet18", num_classes=100).state_dict(), ckpt)
     proc = run_script(ROOT / "bench" / "latency.py", "--output-dir", tmp_path, "--checkpoint", ckpt)
-    assert_one_sentence(proc, "is not a ResNet18 CIFAR-10 FP32 state_dict", "pass --checkpoint")
-    assert "--arch" not in proc.stderr  # bench/latency.py has no such flag
+    assert_one_sentence(proc, "does not fit resnet18 with 10 classes", "pass --arch and a checkpoint that match")
+    assert "--arch" in run_script(ROOT / "bench" / "latency.py", "--help").stdout  # the flag the sentence names exists
 
 
 @pytest.mark.parametrize("flags,fragment", [
@@ -245,3 +240,18 @@ def test_resnet_tensorrt_without_a_pytorch_record_fails_in_one_sentence(tmp_path
     assert_one_sentence(proc, f"{m} has no pytorch.fp32_accuracy", "run python resnet_torch.py")
     proc = run_script(ROOT / "resnet_tensorrt.py", "--onnx", fp32, "--metrics", tmp_path / "none.json")
     assert_one_sentence(proc, "does not exist or is empty")
+
+
+@pytest.mark.parametrize("module", ["eager2trt.cli.quantize", "eager2trt.cli.surgery", "eager2trt.cli.validate",
+                                    "eager2trt.fp16", "eager2trt.layer_info", "bench.latency", "bench.train_speed",
+                                    "bench.anchors", "bench.engines"])
+def test_every_flag_shows_its_default_in_help(module):
+    """ArgumentDefaultsHelpFormatter adds '(default: X)' only to flags that have help text."""
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(module).get_args_parser()
+    assert isinstance(parser.formatter_class, type) and issubclass(parser.formatter_class,
+                                                                   argparse.ArgumentDefaultsHelpFormatter)
+    missing = [a.option_strings[0] for a in parser._actions if a.option_strings and a.help is None]
+    assert not missing, f"{module}: flags without help text (their default is not shown): {missing}"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.models import quantization as qmodels
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, skip_if_installed
 from eager2trt import lint, onnx_utils, placement, surgery
 from eager2trt.errors import PipelineError
 from eager2trt.export import export_onnx
@@ -320,12 +320,7 @@ def test_fast_cli_random_input_bound_uses_the_fp32_onnx_beside_the_input(exporte
 
 
 def test_anchors_bench_says_in_one_sentence_when_modelopt_is_missing(tmp_path):
-    pytest.importorskip("onnxruntime")
-    try:
-        import modelopt  # noqa: F401
-        pytest.skip("ModelOpt is installed here; this test covers machines without it")
-    except ImportError:
-        pass
+    skip_if_installed("modelopt")
     proc = run_script(ROOT / "bench" / "anchors.py", "--output", tmp_path / "a", "--data-dir", tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "ModelOpt is not installed" in proc.stderr and "--modelopt-python" in proc.stderr

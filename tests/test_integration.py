@@ -17,6 +17,7 @@ import onnx
 import pytest
 import torch
 
+from eager2trt import contract
 from conftest import DATA_DIR, ROOT, run_script
 from eager2trt.data import iterate_batches
 from eager2trt.model import build_model, fuse, load_state_dict
@@ -118,17 +119,17 @@ def test_shipped_surgery_passes_lint_and_is_exact_on_real_images(main_job):
     _, metrics, stdout = main_job
     v = metrics["onnx_gs"]["verification"]
     assert v["lint_ok"] and v["equivalence"]["samples"] == 10_032
-    assert v["equivalence"]["max_abs_diff"] <= 1e-5 and v["equivalence"]["argmax_agreement"] == 1.0
+    assert v["equivalence"]["max_abs_diff"] <= contract.EQUIVALENCE_ATOL and v["equivalence"]["argmax_agreement"] == 1.0
     assert "FAIL" not in stdout
 
 
 def test_shipped_onnx_int8_matches_pytorch_int8(main_job, cifar10):
     out, metrics, _ = main_job
     val = metrics["validation"]["resnet_quantized_cifar10_modified.onnx"]
-    assert val["matches_reference"] and abs(val["accuracy"] - metrics["pytorch"]["int8_accuracy"]) <= 0.001
+    assert val["matches_reference"] and abs(val["accuracy"] - metrics["pytorch"]["int8_accuracy"]) <= contract.ACCURACY_MATCH
     pt = torchscript_logits(out / "resnet_quantized_cifar10.pt", cifar10["test"])
     _, logits = ort_accuracy(out / "resnet_quantized_cifar10_modified.onnx", cifar10["test"])
-    assert (logits.argmax(1) == pt.argmax(1)).mean() >= 0.98
+    assert (logits.argmax(1) == pt.argmax(1)).mean() >= contract.AGREEMENT_MIN
 
 
 def test_shipped_fp16_onnx_within_a_tenth_of_a_point(main_job, cifar10):
@@ -138,7 +139,7 @@ def test_shipped_fp16_onnx_within_a_tenth_of_a_point(main_job, cifar10):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
     acc16, _ = ort_accuracy(fp16, cifar10["test"])
     acc32, _ = ort_accuracy(out / "resnet_cifar10.onnx", cifar10["test"])
-    assert abs(acc16 - acc32) <= 0.001 and np.isclose(acc32, metrics["pytorch"]["fp32_accuracy"], atol=0.002)
+    assert abs(acc16 - acc32) <= contract.FP16_ACCURACY_TOLERANCE and np.isclose(acc32, metrics["pytorch"]["fp32_accuracy"], atol=0.002)
 
 
 def test_onnx_validation_benchmark_summary(main_job):

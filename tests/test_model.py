@@ -84,9 +84,13 @@ def test_quantize_produces_int8_weights_and_close_outputs(calibration):
 def test_qint8_activations_run_or_fail_with_one_sentence():
     fused, _ = fuse(trained_like())
     try:
-        quantize(fused, calib(1), activation_dtype="qint8")
+        int8 = quantize(fused, calib(1), activation_dtype="qint8")
     except PipelineError as exc:  # torch 2.11/2.14 CPU engines reject qint8 activations (measured)
         assert "use --activation-dtype quint8" in str(exc)
+    else:  # a build that runs qint8 must give a real qint8, zero-point-0 INT8 model
+        assert int8.quant.zero_point.item() == 0 and int8.quant.scale.item() > 0
+        with torch.no_grad():
+            assert int8(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_checkpoint_errors(tmp_path):

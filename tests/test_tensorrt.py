@@ -51,19 +51,13 @@ def real_tensorrt():
 
 @pytest.fixture(scope="module")
 def engines(real_tensorrt, tmp_path_factory):
-    """A random-weight ResNet18 through our pipeline and scripts/build_engines.sh, batch 1..8."""
-    from eager2trt.export import export_onnx
-    from eager2trt.model import build_model, fuse, quantize
-    from eager2trt.onnx_utils import load_onnx
-    from eager2trt.surgery import make_tensorrt_ready
+    """A random-weight ResNet18 through our pipeline (exact and fast graphs) and scripts/build_engines.sh."""
+    from eager2trt.model import build_model, variance_preserving_init
+    from eager2trt.pipeline import quantize_to_tensorrt
 
     out = tmp_path_factory.mktemp("trt")
-    fp32 = build_model().eval()
-    export_onnx(fp32, out / "resnet_cifar10.onnx")
-    int8 = quantize(fuse(fp32)[0], [torch.randn(8, 3, 32, 32) for _ in range(2)])
-    export_onnx(int8, out / "raw.onnx")
-    import onnx
-    onnx.save(make_tensorrt_ready(load_onnx(out / "raw.onnx"))[0], str(out / "resnet_quantized_cifar10_modified.onnx"))
+    fp32 = variance_preserving_init(build_model()).eval()
+    quantize_to_tensorrt(fp32, [torch.randn(8, 3, 32, 32) for _ in range(2)], out, fast="fp32")
     env = {**os.environ, "OUTPUT_DIR": str(out), "PYTHON": sys.executable, "MIN_SHAPES": "input:1x3x32x32",
            "OPT_SHAPES": "input:4x3x32x32", "MAX_SHAPES": "input:8x3x32x32"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_engines.sh")], env=env, cwd=ROOT,

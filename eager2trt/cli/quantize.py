@@ -11,7 +11,7 @@ from .. import metrics
 from ..agreement import print_agreement
 from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, save_torch
 from ..backends import PyTorchBackend, evaluate
-from ..data import iterate_batches, load_cifar10
+from ..data import calibration_batches, iterate_batches, load_cifar10
 from ..errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
 from ..model import (ACTIVATION_DTYPES, ARCHS, DEFAULT_ENGINE, DRIFTING_ENGINES, OBSERVERS, build_model,
                      load_state_dict, select_engine)
@@ -108,14 +108,6 @@ def get_fp32_model(args, data) -> tuple[torch.nn.Module, dict]:
                    "recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__}}
 
 
-def calibration_batches(data, args):
-    """Un-augmented training images, as many batches as --calib-batches allows."""
-    for i, (x, _) in enumerate(iterate_batches(data["train"], args.batch_size)):
-        if args.calib_batches is not None and i >= args.calib_batches:
-            return
-        yield x
-
-
 def agreement_batches(data) -> list:
     """The real test images, in the order the accuracy figures use."""
     return [x for x, _ in iterate_batches(data["test"], 500)]
@@ -148,7 +140,8 @@ def run_stages(args) -> dict:
     fp32, training = get_fp32_model(args, data)
     fp32.eval().cpu()
     config = QuantizeConfig(args.activation_dtype, args.calibration, args.engine)
-    result = quantize_to_tensorrt(fp32, calibration_batches(data, args), args.output_dir, config,
+    result = quantize_to_tensorrt(fp32, calibration_batches(data["train"], args.batch_size, args.calib_batches),
+                                  args.output_dir, config,
                                   agreement_inputs=agreement_batches(data))
     print(f"fusion check: max abs difference {result.fusion_max_abs_diff:.3g} (rtol {contract.FUSE_RTOL}, "
           f"atol {contract.FUSE_ATOL}): OK")
