@@ -11,6 +11,7 @@ DATA_DIR = Path("data")
 FP32_STATE = "resnet_cifar10.pt"
 TRAIN_STATE = "resnet_cifar10.train-state.pt"
 TRAINING_CURVE = "training_curve.png"
+TRAINING_HISTORY = "training_curve.json"  # the per-epoch record the curve is drawn from
 FP32_ONNX = "resnet_cifar10.onnx"
 FP16_ONNX = "resnet_cifar10_fp16.onnx"
 INT8_ONNX = "resnet_quantized_cifar10.onnx"
@@ -60,6 +61,7 @@ class ArtifactPaths:
         self.fp32_state = d / FP32_STATE
         self.train_state = d / TRAIN_STATE
         self.training_curve = d / TRAINING_CURVE
+        self.training_history = d / TRAINING_HISTORY
         self.fp32_onnx = d / FP32_ONNX
         self.fp16_onnx = d / FP16_ONNX
         self.int8_onnx = d / INT8_ONNX

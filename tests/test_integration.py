@@ -77,6 +77,7 @@ def test_brief_run_writes_every_artifact_and_complete_metrics(brief):
     ts = torch.jit.load(str(out / "resnet_quantized_cifar10.pt"))
     assert ts(torch.randn(3, 3, 32, 32)).shape == (3, 10)
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((out / "training_curve.json").read_text())["epochs"]) == len(m["training"]["epochs"])
     for key in ("fp32_cpu_1t", "int8_cpu_1t", "int8_torchscript_cpu_1t"):
         assert m["latency_batch1_ms"][key] > 0
     assert {"torch", "quantized_engine", "cpu", "threads"} <= set(m["environment"])

@@ -9,7 +9,7 @@ import torch
 from .. import contract
 from .. import metrics
 from ..agreement import print_agreement
-from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, save_torch
+from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, save_torch, write_json
 from ..backends import PyTorchBackend, evaluate
 from ..data import calibration_batches, iterate_batches, load_cifar10
 from ..errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
@@ -103,6 +103,7 @@ def get_fp32_model(args, data) -> tuple[torch.nn.Module, dict]:
     save_torch(model.state_dict(), target)
     state_path.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
     if history.epochs:
+        write_json(args.output_dir / contract.TRAINING_HISTORY, {"epochs": history.epochs})
         plot_training(history.epochs, args.output_dir / contract.TRAINING_CURVE, title=f"{args.arch} on CIFAR-10")
     return model, {"epochs": history.epochs, "train_seconds": history.train_seconds,
                    "recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__}}
