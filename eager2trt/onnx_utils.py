@@ -18,7 +18,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     """Load and check an ONNX file, turning every failure into one sentence."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"{path} does not exist; run resnet_torch.py first or pass --input")
+        raise PipelineError(f"{path} does not exist; run resnet_torch.py first, or pass the path of an existing ONNX file")
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import torch
 
-from .artifacts import atomic_path, ensure_writable_dir
+from .artifacts import ensure_writable_dir, save_onnx
 from .contract import EQUIVALENCE_ATOL, ArtifactPaths
 from .errors import PipelineError
 from .export import export_onnx, export_torchscript
@@ -80,8 +80,7 @@ def make_tensorrt_ready_file(source: Path, target: Path, check_inputs: Optional[
     if not eq["ok"]:
         raise PipelineError(f"the rewritten graph deviates from the export by {eq['max_abs_diff']:.3g} (> {atol:g}); "
                             f"it is not the same model")
-    with atomic_path(target) as tmp:
-        onnx.save(ready, str(tmp))
+    save_onnx(ready, target)
     return ready, report, findings, eq
 
 
@@ -110,8 +109,7 @@ def make_fast_file(source: Path, fp32_onnx: Path, target: Path, high_precision: 
     if not ratio["ok"]:
         raise PipelineError(f"the fast graph's error against FP32 is {ratio['ratio']:.2f}x the exact graph's "
                             f"(bound {ratio['bound']:g}x); use the exact graph for this model")
-    with atomic_path(target) as tmp:
-        onnx.save(fast, str(tmp))
+    save_onnx(fast, target)
     return {"report": report, "lint": findings, "error_ratio": ratio}
 
 

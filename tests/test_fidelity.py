@@ -97,7 +97,7 @@ def test_mobilenet_checkpoint_of_another_size_names_arch_and_classes(tmp_path):
 
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v2_cifar"])
 def test_resnet_torch_accepts_mobilenet_archs(arch, tmp_path):
-    import resnet_torch
+    from eager2trt.cli import quantize as resnet_torch
 
     args = resnet_torch.get_args_parser().parse_args(["--arch", arch, "--output-dir", str(tmp_path / "out")])
     resnet_torch.validate(args)
