@@ -44,7 +44,7 @@ def brief(cifar10, tmp_path_factory):
     A small batch and lr so that short epochs learn something, and a last epoch at lr/10 so BatchNorm's
     running statistics settle.
     """
-    import resnet_torch
+    from eager2trt.cli import quantize as resnet_torch
 
     out = tmp_path_factory.mktemp("brief")
     args = resnet_torch.get_args_parser().parse_args([str(a) for a in BRIEF] + ["--output-dir", str(out)])
