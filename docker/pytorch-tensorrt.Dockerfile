@@ -14,10 +14,14 @@ RUN python3 -m pip install --no-cache-dir -r requirements.txt
 # NGC images put trtexec under /opt/tensorrt/bin or /usr/src/tensorrt/bin, depending on the release.
 # EAGER2TRT_REQUIRE_TENSORRT=1: inside this image scripts/run_pipeline.sh and tests/test_tensorrt.py fail,
 # rather than skip, when trtexec, tensorrt or the GPU is missing.
+# PYTHON: the quick-start scripts use the image's Python (which has tensorrt) instead of creating .venv.
 ENV PATH="/opt/tensorrt/bin:/usr/src/tensorrt/bin:${PATH}" \
-    EAGER2TRT_REQUIRE_TENSORRT=1
+    EAGER2TRT_REQUIRE_TENSORRT=1 \
+    PYTHON=python3
 # fail the build, not a later run, when this base image lacks trtexec or the tensorrt module
 RUN command -v trtexec || { echo "error: no trtexec in /opt/tensorrt/bin, /usr/src/tensorrt/bin or PATH of nvcr.io/nvidia/tensorrt:${BASE_TAG}; choose another BASE_TAG" >&2; exit 1; } \
  && python3 -c "import tensorrt; print('tensorrt', tensorrt.__version__)"
 COPY . .
+# the package itself, editable, so a checkout mounted over this folder is what runs
+RUN python3 -m pip install --no-cache-dir --no-deps -e .
 CMD ["bash"]
