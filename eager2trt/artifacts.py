@@ -184,17 +184,3 @@ def write_json(path: Path, data: dict) -> None:
     """Write `data` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def update_metrics(path: Path, section: str, values: dict) -> dict:
-    """Merge `values` into `section` of the metrics JSON at `path` (created if absent); return it all."""
-    path = Path(path)
-    data = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = {}  # a corrupt metrics file is rewritten rather than blocking the pipeline
-    data.setdefault(section, {}).update(values)
-    write_json(path, data)
-    return data

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-import numpy as np
 import onnx
 import torch
 
@@ -141,7 +140,3 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     fast_result = make_fast_file(paths.int8_onnx, paths.fp32_onnx, paths.int8_onnx_fast, fast) if fast else None
     return PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, fusion_max_abs_diff=fuse_err,
                           surgery=report, lint=findings, equivalence=eq, agreement=agreement, fast=fast_result)
-
-
-def as_numpy_batches(batches: Iterable[torch.Tensor]) -> list[np.ndarray]:
-    return [b.detach().cpu().float().numpy() for b in batches]
