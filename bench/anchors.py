@@ -22,16 +22,17 @@ import torch
 
 from eager2trt import contract
 from eager2trt.artifacts import atomic_path, write_json
-from eager2trt.data import iterate_batches, load_cifar10, normalize
+from eager2trt.eager.data import iterate_batches, load_cifar10, normalize
 from eager2trt.errors import PipelineError, run_cli
-from eager2trt.export import export_onnx
-from eager2trt.lint import performance_summary
-from eager2trt.model import build_model, fuse, load_state_dict, quantize
-from eager2trt.placement import make_fast, with_high_precision
-from eager2trt.onnx_utils import load_onnx
-from eager2trt.surgery import make_tensorrt_ready
-from eager2trt.timing import environment, measure
-from eager2trt.verify import ort_logits, ort_session
+from eager2trt.eager.export import export_onnx
+from eager2trt.graph.lint import performance_summary
+from eager2trt.eager.model import build_model, fuse, load_state_dict
+from eager2trt.eager.quantize import quantize
+from eager2trt.graph.placement import make_fast, with_high_precision
+from eager2trt.graph.onnx_utils import load_onnx
+from eager2trt.graph.surgery import make_tensorrt_ready
+from eager2trt.runtime.timing import environment, measure
+from eager2trt.checks.compare import ort_logits, ort_session
 
 MODELOPT_VARIANTS = [("max", "fp16"), ("max", "fp32"), ("entropy", "fp16"), ("entropy", "fp32")]
 

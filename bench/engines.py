@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from eager2trt.agreement import argmax_agreement, distance_ratio, logits, relative_distance
+from eager2trt.checks.agreement import argmax_agreement, distance_ratio, logits, relative_distance
 from eager2trt.artifacts import atomic_path, write_json
 from eager2trt.errors import run_cli
-from eager2trt.export import export_onnx
-from eager2trt.model import (ARCHS, build_model, fuse, quantize, supported_engines,
-                             variance_preserving_init)
-from eager2trt.timing import environment, measure
+from eager2trt.eager.export import export_onnx
+from eager2trt.eager.model import ARCHS, build_model, fuse, variance_preserving_init
+from eager2trt.eager.engines import supported_engines
+from eager2trt.eager.quantize import quantize
+from eager2trt.runtime.timing import environment, measure
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -19,9 +19,10 @@ import torch
 from eager2trt import contract
 from eager2trt.artifacts import atomic_path, ensure_writable_dir, output_lock, write_json
 from eager2trt.errors import PipelineError, require_choice, require_int, require_ints, run_cli
-from eager2trt.model import ARCHS, build_model, fuse, load_state_dict, quantize
+from eager2trt.eager.model import ARCHS, build_model, fuse, load_state_dict
+from eager2trt.eager.quantize import quantize
 from eager2trt.pipeline import quantize_to_tensorrt
-from eager2trt.timing import environment, measure, thread_sweep
+from eager2trt.runtime.timing import environment, measure, thread_sweep
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def calibration(args) -> list:
     if args.data_dir is None:
         gen = torch.Generator().manual_seed(0)
         return [torch.randn(contract.image_batch_shape(32), generator=gen) for _ in range(8)]
-    from eager2trt.data import calibration_batches, load_cifar10
+    from eager2trt.eager.data import calibration_batches, load_cifar10
 
     return list(calibration_batches(load_cifar10(args.data_dir)["train"], 128, limit=16))
 
@@ -75,7 +76,7 @@ def runs_for(batch: int, runs: int) -> int:
 
 
 def cpu_rows(a: dict, batches: list, runs: int) -> list:
-    from eager2trt.verify import ort_session
+    from eager2trt.checks.compare import ort_session
 
     def fns(threads: int, x: torch.Tensor) -> list:
         out = [(("PyTorch eager", "FP32"), lambda: a["fp32"](x)), (("PyTorch eager", "INT8 (ours)"), lambda: a["int8"](x)),
@@ -133,7 +134,7 @@ def tensorrt_rows(engines: list, batches: list, runs: int) -> list:
     """One row per engine and batch its profile accepts; a reason row per engine where no GPU is visible."""
     rows = []
     try:
-        from eager2trt.tensorrt_runtime import Engine
+        from eager2trt.runtime.tensorrt import Engine
         import tensorrt  # noqa: F401
     except ImportError:
         return rows

@@ -11,11 +11,11 @@ import torch
 
 from eager2trt import contract
 from eager2trt.artifacts import write_json
-from eager2trt.data import MEAN, STD, epoch_batches, load_cifar10
+from eager2trt.eager.data import MEAN, STD, epoch_batches, load_cifar10
 from eager2trt.errors import PipelineError, require_choice, require_int, run_cli
-from eager2trt.model import build_model
-from eager2trt.timing import environment
-from eager2trt.train import Recipe, make_step, prepare
+from eager2trt.eager.model import build_model
+from eager2trt.runtime.timing import environment
+from eager2trt.eager.train import Recipe, make_step, prepare
 
 
 VARIANTS = {"reference": Recipe(fast=False),

@@ -38,7 +38,7 @@ FP16_ACCURACY_TOLERANCE = 0.001  # FP16 ONNX vs FP32 ONNX, 0.1 points
 # (fp16: onnxruntime runs QuantizeLinear on FP16 inputs in FP16 arithmetic; measured -0.24 points on ResNet18)
 FAST_ACCURACY_DROP = {"fp32": 0.001, "fp16": 0.003}
 FAST_ERROR_RATIO = 1.25  # without data: fast graph's logit error vs FP32 within this multiple of the exact graph's
-# PyTorch INT8 vs its Q/DQ graph (eager2trt.agreement). Real images: argmax agreement (shipped ResNet18: 0.9954
+# PyTorch INT8 vs its Q/DQ graph (eager2trt.checks.agreement). Real images: argmax agreement (shipped ResNet18: 0.9954
 # with x86, 0.9953 with onednn), or, for undertrained models with near-tied logits, the distance ratio
 # |PyTorch - graph| / min(|graph - FP32|, |PyTorch - FP32|) below REAL_DISTANCE_RATIO_MAX (faithful engines
 # measured 0.26-0.92, drifting x86/fbgemm on MobileNetV2 3.8-10: bench/results/engines_cpu2.md). Random inputs:

@@ -20,14 +20,16 @@ import torch
 from .artifacts import ensure_writable_dir, save_onnx
 from .contract import EQUIVALENCE_ATOL, ArtifactPaths
 from .errors import PipelineError
-from .export import export_onnx, export_torchscript
-from .agreement import check_agreement
-from .lint import lint
-from .model import DEFAULT_ENGINE, fuse, quantize
-from .onnx_utils import load_onnx
-from .placement import make_fast, with_high_precision
-from .surgery import make_tensorrt_ready
-from .verify import equivalence, error_ratio, input_shape, random_batches
+from .eager.export import export_onnx, export_torchscript
+from .checks.agreement import check_agreement
+from .graph.lint import lint
+from .eager.model import fuse
+from .eager.engines import DEFAULT_ENGINE
+from .eager.quantize import quantize
+from .graph.onnx_utils import load_onnx
+from .graph.placement import make_fast, with_high_precision
+from .graph.surgery import make_tensorrt_ready
+from .checks.compare import equivalence, error_ratio, input_shape, random_batches
 
 
 @dataclass

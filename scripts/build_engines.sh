@@ -12,7 +12,7 @@
 # the layers outside them run FP16 instead of FP32); --separateProfileRun.
 # TensorRT 11: every network is strongly typed and the precision flags are gone
 # (docs.nvidia.com/deeplearning/tensorrt/11.4.1/api/migration/tensorrt-10x-to-11x-trtexec.html), so the
-# FP16 engine is built from an FP16 ONNX (python -m eager2trt.fp16) and the Q/DQ graphs carry their own types;
+# FP16 engine is built from an FP16 ONNX (python -m eager2trt.cli.fp16) and the Q/DQ graphs carry their own types;
 # --separateProfileRun is a deprecated no-op there and is not passed.
 set -euo pipefail
 OUT=${OUTPUT_DIR:-saved_models}
@@ -73,7 +73,7 @@ if [ "$major" -ge 11 ]; then
   fp16_flags=() int8_flags=()
   # re-convert when the FP32 ONNX was re-exported after the FP16 one was made
   if [ ! -f "$FP16_ONNX" ] || [ "$FP16_ONNX" -ot "$FP32_ONNX" ]; then
-    $PY -m eager2trt.fp16 --input "$FP32_ONNX" --output "$FP16_ONNX"
+    $PY -m eager2trt.cli.fp16 --input "$FP32_ONNX" --output "$FP16_ONNX"
   fi
   build fp16 "$FP16_ONNX"
 else
@@ -90,4 +90,4 @@ fi
 # The fusion check: ResNet18's exact graph should leave its 8 residual Adds as separate pointwise layers,
 # the fast graph none (onnx_gs.py's lint predicts both). A summary that cannot be read does not undo the build.
 echo "fusion (expected for ResNet18: int8 8 separate pointwise layers, int8_fast 0):"
-$PY -m eager2trt.layer_info "${layer_infos[@]}" || echo "warning: the layer info above could not be summarized" >&2
+$PY -m eager2trt.cli.layer_info "${layer_infos[@]}" || echo "warning: the layer info above could not be summarized" >&2

@@ -33,7 +33,7 @@ $PY onnx_gs.py --input "$OUT/resnet_quantized_cifar10.onnx" --output "$OUT/resne
 # Fast mode: the placement TensorRT fuses best, held to PyTorch INT8 accuracy (not bit-exactness).
 $PY onnx_gs.py --mode fast --input "$OUT/resnet_quantized_cifar10.onnx" \
   --output "$OUT/resnet_quantized_cifar10_fast.onnx" --data-dir "$DATA" --metrics "$OUT/metrics.json"
-$PY -m eager2trt.fp16 --input "$OUT/resnet_cifar10.onnx" --output "$OUT/resnet_cifar10_fp16.onnx" --data-dir "$DATA"
+$PY -m eager2trt.cli.fp16 --input "$OUT/resnet_cifar10.onnx" --output "$OUT/resnet_cifar10_fp16.onnx" --data-dir "$DATA"
 for graph in resnet_quantized_cifar10_modified resnet_quantized_cifar10_fast; do
   $PY resnet_tensorrt.py --onnx "$OUT/$graph.onnx" --data-dir "$DATA" --metrics "$OUT/metrics.json"
 done

@@ -23,7 +23,7 @@ def run_script(*args, cwd=ROOT, timeout=1800):
 def cifar10():
     if not (DATA_DIR / "test").is_dir():
         pytest.skip(f"real CIFAR-10 not found at {DATA_DIR}; set CIFAR10_DIR")
-    from eager2trt.data import load_cifar10
+    from eager2trt.eager.data import load_cifar10
 
     return load_cifar10(DATA_DIR)
 

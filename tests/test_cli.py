@@ -94,7 +94,7 @@ def test_resnet_torch_output_path_is_a_file(tmp_path):
 def test_resnet_torch_wrong_checkpoint(tmp_path):
     import torch
 
-    from eager2trt.model import build_model
+    from eager2trt.eager.model import build_model
 
     ckpt = tmp_path / "r50.pt"
     torch.save(build_model("resnet18", num_classes=100).state_dict(), ckpt)
@@ -176,7 +176,7 @@ def test_latency_benchmark_rejects_bad_options(flags, fragment, tmp_path):
 def test_latency_benchmark_wrong_checkpoint_names_real_flags(tmp_path):
     import torch
 
-    from eager2trt.model import build_model
+    from eager2trt.eager.model import build_model
 
     ckpt = tmp_path / "r18_100.pt"
     torch.save(build_model("resnet18", num_classes=100).state_dict(), ckpt)
@@ -199,7 +199,7 @@ def test_train_speed_rejects_bad_options_before_looking_for_a_gpu(flags, fragmen
 def test_fp16_refuses_a_qdq_model(tmp_path):
     src, out = tmp_path / "qdq.onnx", tmp_path / "fp16.onnx"
     onnx.save(conv_graph(), str(src))
-    proc = run_script("-m", "eager2trt.fp16", "--input", src, "--output", out)
+    proc = run_script("-m", "eager2trt.cli.fp16", "--input", src, "--output", out)
     assert_one_sentence(proc, f"{src} is a quantized model (", "FP16 conversion takes the FP32 ONNX")
     assert not out.exists()
 
@@ -207,7 +207,7 @@ def test_fp16_refuses_a_qdq_model(tmp_path):
 def test_fp16_writes_a_checked_model(tmp_path):
     src, out = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
     onnx.save(fp32_graph(), str(src))
-    proc = run_script("-m", "eager2trt.fp16", "--input", src, "--output", out)
+    proc = run_script("-m", "eager2trt.cli.fp16", "--input", src, "--output", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
 
@@ -230,7 +230,7 @@ def test_every_cli_has_help():
 
 
 def test_resnet_tensorrt_without_a_pytorch_record_fails_in_one_sentence(tmp_path):
-    from eager2trt import metrics
+    from eager2trt.reports import metrics
 
     m = tmp_path / "metrics.json"
     metrics.update(m, "onnx_gs", {"note": "no pytorch section"})
@@ -243,7 +243,7 @@ def test_resnet_tensorrt_without_a_pytorch_record_fails_in_one_sentence(tmp_path
 
 
 @pytest.mark.parametrize("module", ["eager2trt.cli.quantize", "eager2trt.cli.surgery", "eager2trt.cli.validate",
-                                    "eager2trt.fp16", "eager2trt.layer_info", "bench.latency", "bench.train_speed",
+                                    "eager2trt.cli.fp16", "eager2trt.cli.layer_info", "bench.latency", "bench.train_speed",
                                     "bench.anchors", "bench.engines"])
 def test_every_flag_shows_its_default_in_help(module):
     """ArgumentDefaultsHelpFormatter adds '(default: X)' only to flags that have help text."""

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from eager2trt.model import build_model
-from eager2trt.train import Recipe, evaluate, train
+from eager2trt.eager.model import build_model
+from eager2trt.eager.train import Recipe, evaluate, train
 from test_train import learnable_split
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eager2trt.data import MEAN, STD, Split, augment, iterate_batches, load_cifar10, normalize
+from eager2trt.eager.data import MEAN, STD, Split, augment, iterate_batches, load_cifar10, normalize
 from eager2trt.errors import PipelineError
 
 

@@ -9,11 +9,15 @@ import torch
 from torchvision.models import quantization as qmodels
 
 from conftest import ROOT, run_script, skip_if_installed
-from eager2trt import lint, onnx_utils, placement, surgery
+from eager2trt.graph import lint
+from eager2trt.graph import onnx_utils
+from eager2trt.graph import placement
+from eager2trt.graph import surgery
 from eager2trt.errors import PipelineError
-from eager2trt.export import export_onnx
-from eager2trt.model import fuse, quantize
-from eager2trt.verify import equivalence, error_ratio, random_batches
+from eager2trt.eager.export import export_onnx
+from eager2trt.eager.model import fuse
+from eager2trt.eager.quantize import quantize
+from eager2trt.checks.compare import equivalence, error_ratio, random_batches
 from qdq_graphs import QdqBuilder, hardsigmoid_graph, residual_graph
 
 FEATURES = (1, 4, 4, 4)

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from eager2trt.agreement import check_agreement
+from eager2trt.checks.agreement import check_agreement
 from eager2trt.errors import PipelineError
-from eager2trt.export import export_onnx
-from eager2trt.model import (DEFAULT_ENGINE, build_model, faithful_engine, fuse, load_state_dict, quantize,
-                             select_engine, supported_engines, variance_preserving_init)
+from eager2trt.eager.export import export_onnx
+from eager2trt.eager.model import build_model, fuse, load_state_dict, variance_preserving_init
+from eager2trt.eager.engines import DEFAULT_ENGINE, faithful_engine, select_engine, supported_engines
+from eager2trt.eager.quantize import quantize
 
 
 def random_batches(n: int, seed: int) -> list:
@@ -70,7 +71,7 @@ def test_x86_drift_on_mobilenet_v2_is_caught_and_names_the_engine_to_use(quantiz
 
 
 def test_default_engine_falls_back_with_a_one_line_notice(monkeypatch, capsys):
-    import eager2trt.model as model
+    import eager2trt.eager.engines as model
 
     model._notice.cache_clear()
     monkeypatch.setattr(model, "supported_engines", lambda: ["qnnpack", "x86"])

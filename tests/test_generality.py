@@ -4,12 +4,13 @@ import pytest
 import torch
 from torchvision.models import quantization as qmodels
 
-from eager2trt import lint
-from eager2trt.export import export_onnx
-from eager2trt.model import fuse, quantize
-from eager2trt.onnx_utils import load_onnx
-from eager2trt.surgery import make_tensorrt_ready
-from eager2trt.verify import equivalence, random_batches
+from eager2trt.graph import lint
+from eager2trt.eager.export import export_onnx
+from eager2trt.eager.model import fuse
+from eager2trt.eager.quantize import quantize
+from eager2trt.graph.onnx_utils import load_onnx
+from eager2trt.graph.surgery import make_tensorrt_ready
+from eager2trt.checks.compare import equivalence, random_batches
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2"])

@@ -19,10 +19,10 @@ import torch
 
 from eager2trt import contract
 from conftest import DATA_DIR, ROOT, run_script
-from eager2trt.data import iterate_batches
-from eager2trt.model import build_model, fuse, load_state_dict
-from eager2trt.train import recipe_from_args, seed_everything, train
-from eager2trt.verify import ort_accuracy
+from eager2trt.eager.data import iterate_batches
+from eager2trt.eager.model import build_model, fuse, load_state_dict
+from eager2trt.eager.train import recipe_from_args, seed_everything, train
+from eager2trt.checks.compare import ort_accuracy
 
 SHIPPED = ROOT / "saved_models" / "resnet_cifar10.pt"
 

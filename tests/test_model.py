@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from eager2trt.errors import PipelineError
-from eager2trt.model import build_model, fuse, load_state_dict, qconfig, quantize
+from eager2trt.eager.model import build_model, fuse, load_state_dict
+from eager2trt.eager.quantize import qconfig, quantize
 
 
 def trained_like(arch="resnet18"):

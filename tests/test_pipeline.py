@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from eager2trt import lint, metrics
-from eager2trt.backends import OnnxBackend, PyTorchBackend, is_quantized_module
+from eager2trt.graph import lint
+from eager2trt.reports import metrics
+from eager2trt.runtime.backends import OnnxBackend, PyTorchBackend, is_quantized_module
 from eager2trt.errors import PipelineError
 from eager2trt.pipeline import quantize_to_tensorrt
 

@@ -4,9 +4,11 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto
 
-from eager2trt import lint, onnx_utils, surgery
+from eager2trt.graph import lint
+from eager2trt.graph import onnx_utils
+from eager2trt.graph import surgery
 from eager2trt.errors import PipelineError
-from eager2trt.verify import equivalence, ort_session
+from eager2trt.checks.compare import equivalence, ort_session
 from qdq_graphs import conv_graph, fp32_graph
 
 

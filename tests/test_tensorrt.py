@@ -52,7 +52,7 @@ def real_tensorrt():
 @pytest.fixture(scope="module")
 def engines(real_tensorrt, tmp_path_factory):
     """A random-weight ResNet18 through our pipeline (exact and fast graphs) and scripts/build_engines.sh."""
-    from eager2trt.model import build_model, variance_preserving_init
+    from eager2trt.eager.model import build_model, variance_preserving_init
     from eager2trt.pipeline import quantize_to_tensorrt
 
     out = tmp_path_factory.mktemp("trt")
@@ -67,8 +67,8 @@ def engines(real_tensorrt, tmp_path_factory):
 
 
 def test_engines_run_and_agree_with_onnxruntime(engines):
-    from eager2trt.tensorrt_runtime import Engine
-    from eager2trt.verify import ort_session
+    from eager2trt.runtime.tensorrt import Engine
+    from eager2trt.checks.compare import ort_session
 
     out, fp32 = engines
     x = torch.randn(8, 3, 32, 32)
@@ -87,7 +87,7 @@ def test_engines_run_and_agree_with_onnxruntime(engines):
 def test_exact_int8_engine_keeps_the_residual_adds_separate(engines):
     """The fusion claim of issue #9: with Q/DQ on both Add inputs, TensorRT runs each of ResNet18's 8 residual
     Adds as its own pointwise layer (onnx_gs.py --mode fast is what fuses them)."""
-    from eager2trt.layer_info import summarize
+    from eager2trt.runtime.layer_info import summarize
 
     out, _ = engines
     s = summarize(out / "resnet_cifar10_int8_layer_info.json")
@@ -96,7 +96,7 @@ def test_exact_int8_engine_keeps_the_residual_adds_separate(engines):
 
 @pytest.mark.usefixtures("real_tensorrt")
 def test_corrupt_engine_is_refused(tmp_path):
-    from eager2trt.tensorrt_runtime import Engine
+    from eager2trt.runtime.tensorrt import Engine
 
     bad = tmp_path / "bad.engine"
     bad.write_bytes(b"\x00" * 4096)
@@ -219,7 +219,7 @@ def fake_gpu(monkeypatch, tmp_path):
 
 
 def test_engine_runs_on_its_own_stream_ordered_against_the_callers(fake_gpu, monkeypatch):
-    from eager2trt.tensorrt_runtime import Engine
+    from eager2trt.runtime.tensorrt import Engine
 
     path, log = fake_gpu
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(FakeEngine(log)))
@@ -256,7 +256,7 @@ class GpuFakeContext(FakeContext):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for real streams (the stand-in test "
                                                           "above checks the order of waits on any machine)")
 def test_engine_stream_order_on_a_real_gpu(tmp_path, monkeypatch):
-    from eager2trt.tensorrt_runtime import Engine
+    from eager2trt.runtime.tensorrt import Engine
 
     log = []
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(FakeEngine(log, context=GpuFakeContext)))
@@ -274,7 +274,7 @@ def test_engine_stream_order_on_a_real_gpu(tmp_path, monkeypatch):
 @pytest.mark.parametrize("tensor,dtype", [("input", DataType.INT64), ("input", DataType.UINT8),
                                           ("output", DataType.FP8)])
 def test_unsupported_io_type_is_a_sentence(tensor, dtype, fake_gpu, monkeypatch):
-    from eager2trt.tensorrt_runtime import Engine
+    from eager2trt.runtime.tensorrt import Engine
 
     path, log = fake_gpu
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(FakeEngine(log, **{f"{tensor}_type": dtype})))
@@ -301,7 +301,7 @@ def test_latency_benchmark_skips_tensorrt_rows_without_a_gpu(tmp_path, monkeypat
     (False, "need an NVIDIA GPU"),
 ])
 def test_wrapper_explains_unusable_engines(gpu, message, tmp_path, monkeypatch):
-    from eager2trt.tensorrt_runtime import Engine
+    from eager2trt.runtime.tensorrt import Engine
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(deserialized=None))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
@@ -320,7 +320,7 @@ def test_wrapper_explains_unusable_engines(gpu, message, tmp_path, monkeypatch):
                                               convolutions_with_fused_add=1, pointwise=0)),
 ])
 def test_layer_info_counts_fused_convolutions_and_separate_pointwise_layers(sample, expected):
-    from eager2trt.layer_info import summarize
+    from eager2trt.runtime.layer_info import summarize
 
     s = summarize(DATA / sample)
     assert {k: getattr(s, k) for k in expected} == expected
@@ -335,7 +335,7 @@ def test_layer_info_counts_fused_convolutions_and_separate_pointwise_layers(samp
     ('{"Layers": ["conv1 + relu1", "PWN(Add, Relu)"]}', "names only; rebuild the engine with --profilingVerbosity"),
 ])
 def test_layer_info_refuses_what_it_cannot_count_in_one_sentence(content, message, tmp_path):
-    from eager2trt.layer_info import summarize
+    from eager2trt.runtime.layer_info import summarize
 
     path = tmp_path / "layer_info.json"
     if content is not None:
@@ -346,7 +346,7 @@ def test_layer_info_refuses_what_it_cannot_count_in_one_sentence(content, messag
 
 def test_layer_info_cli(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "eager2trt.layer_info", *map(str, args)], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "eager2trt.cli.layer_info", *map(str, args)], cwd=ROOT,
                               capture_output=True, text=True)
 
     ok = run(DATA / "layer_info_trt10_exact_block.json", DATA / "layer_info_trt11_fast_block.json")
@@ -377,7 +377,7 @@ echo "[I] Throughput: 1234.5 qps"
 
 
 def tiny_fp32_onnx(path):
-    """A one-Conv float32 model named like ours (input 'input'), enough for eager2trt.fp16 to convert."""
+    """A one-Conv float32 model named like ours (input 'input'), enough for eager2trt.cli.fp16 to convert."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-import eager2trt.train as train_mod
-from eager2trt.data import Split
+import eager2trt.eager.train as train_mod
+from eager2trt.eager.data import Split
 from eager2trt.errors import PipelineError
-from eager2trt.model import build_model
-from eager2trt.train import Recipe, check_trained, seed_everything, train
+from eager2trt.eager.model import build_model
+from eager2trt.eager.train import Recipe, check_trained, seed_everything, train
 
 CPU = torch.device("cpu")
 

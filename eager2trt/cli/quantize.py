@@ -7,18 +7,19 @@ from pathlib import Path
 import torch
 
 from .. import contract
-from .. import metrics
-from ..agreement import print_agreement
+from ..reports import metrics
+from ..checks.agreement import print_agreement
 from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, save_torch, write_json
-from ..backends import PyTorchBackend, evaluate
-from ..data import calibration_batches, iterate_batches, load_cifar10
+from ..runtime.backends import PyTorchBackend, evaluate
+from ..eager.data import calibration_batches, iterate_batches, load_cifar10
 from ..errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
-from ..model import (ACTIVATION_DTYPES, ARCHS, DEFAULT_ENGINE, DRIFTING_ENGINES, OBSERVERS, build_model,
-                     load_state_dict, select_engine)
+from ..eager.model import ARCHS, build_model, load_state_dict
+from ..eager.engines import DEFAULT_ENGINE, DRIFTING_ENGINES, select_engine
+from ..eager.quantize import ACTIVATION_DTYPES, OBSERVERS
 from ..pipeline import QuantizeConfig, quantize_to_tensorrt
-from ..report import plot_training
-from ..timing import environment, measure, thread_sweep
-from ..train import check_trained, recipe_from_args, seed_everything, train
+from ..reports.plots import plot_training
+from ..runtime.timing import environment, measure, thread_sweep
+from ..eager.train import check_trained, recipe_from_args, seed_everything, train
 
 
 def get_args_parser() -> argparse.ArgumentParser:

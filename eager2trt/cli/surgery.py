@@ -12,15 +12,16 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from .. import contract, metrics
+from .. import contract
+from ..reports import metrics
 from ..artifacts import ensure_writable_dir, output_lock, save_onnx
 from ..errors import PipelineError, require_choice, require_float, run_cli
-from ..lint import as_json, lint, performance_summary, print_lint, print_performance
-from ..placement import HIGH_PRECISIONS, make_fast, with_high_precision
-from ..onnx_utils import load_onnx
-from ..surgery import make_tensorrt_ready
+from ..graph.lint import as_json, lint, performance_summary, print_lint, print_performance
+from ..graph.placement import HIGH_PRECISIONS, make_fast, with_high_precision
+from ..graph.onnx_utils import load_onnx
+from ..graph.surgery import make_tensorrt_ready
 from ..contract import EQUIVALENCE_ATOL, FAST_ACCURACY_DROP
-from ..verify import (equivalence, error_ratio, image_batches, input_shape, ort_accuracy, random_batches)
+from ..checks.compare import (equivalence, error_ratio, image_batches, input_shape, ort_accuracy, random_batches)
 
 MODES = ("exact", "fast")
 FP16_LOSS_NOTE = ("onnxruntime runs QuantizeLinear on FP16 inputs in FP16 arithmetic, which TensorRT's fused INT8 "
@@ -81,7 +82,7 @@ def verify(original: onnx.ModelProto, modified: onnx.ModelProto, args) -> dict:
     lint_ok = linted["lint_ok"]
     batches = random_batches(shape=input_shape(original))
     if args.data_dir is not None:
-        from ..data import load_cifar10
+        from ..eager.data import load_cifar10
         batches += image_batches(load_cifar10(args.data_dir)["test"])
     eq = equivalence(original, modified, batches, atol=args.atol)
     print(f"equivalence on {eq['samples']} inputs (onnxruntime, no graph optimizations): max abs difference "
@@ -124,7 +125,7 @@ def pytorch_int8_logits(args, original: onnx.ModelProto, split) -> tuple[np.ndar
         return logits, "the exported INT8 graph's logits, which exact mode keeps bit for bit"
     import torch
 
-    from ..data import iterate_batches
+    from ..eager.data import iterate_batches
 
     model = torch.jit.load(str(path))
     with torch.no_grad():
@@ -134,7 +135,7 @@ def pytorch_int8_logits(args, original: onnx.ModelProto, split) -> tuple[np.ndar
 def check_fast_accuracy(original: onnx.ModelProto, modified: onnx.ModelProto, fast32: onnx.ModelProto,
                         args) -> dict:
     """Top-1 on the test set against PyTorch INT8 minus the high precision's allowance; agreement reported."""
-    from ..data import load_cifar10
+    from ..eager.data import load_cifar10
 
     test = load_cifar10(args.data_dir)["test"]
     ref_logits, ref_name = pytorch_int8_logits(args, original, test)

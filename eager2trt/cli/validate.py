@@ -8,12 +8,13 @@ adds a trtexec-style latency summary. There is no automatic fallback: without Te
 import argparse
 from pathlib import Path
 
-from .. import contract, metrics
+from .. import contract
+from ..reports import metrics
 from ..artifacts import ensure_writable_dir, output_lock, write_json
-from ..backends import OnnxBackend, TensorRTBackend, evaluate
-from ..data import load_cifar10
+from ..runtime.backends import OnnxBackend, TensorRTBackend, evaluate
+from ..eager.data import load_cifar10
 from ..errors import require_int, run_cli
-from ..timing import environment
+from ..runtime.timing import environment
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from .artifacts import atomic_path
+from ..artifacts import atomic_path
 
 
 def plot_training(epochs: list[dict], path: Path, title: str = "CIFAR-10") -> Path:

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifacts import save_torch
+from ..artifacts import save_torch
 from .data import Split, epoch_batches, iterate_batches, normalize
-from .errors import PipelineError
+from ..errors import PipelineError
 
 # Accuracy at or below chance (1/classes) plus this margin means the model learned nothing usable: an untrained
 # or collapsed model predicts one class (exactly 0.10 on CIFAR-10's balanced test set), and chance accuracy on
@@ -65,7 +65,7 @@ class History:
 
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 1000, channels_last: bool = False) -> float:
     """Top-1 accuracy of `model` on `split` (model and data on the same device), through the one evaluator."""
-    from .backends import PyTorchBackend, evaluate as evaluate_backend
+    from ..runtime.backends import PyTorchBackend, evaluate as evaluate_backend
 
     device = next(model.parameters()).device
     backend = PyTorchBackend(model, device, channels_last=channels_last)

@@ -21,14 +21,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .onnx_utils import fold_constant_inputs, qdq_nodes, zero_point
+from .ops import BINARY_ELEMENTWISE, COMPUTE_OPS, INT8_INPUTS, LOOK_THROUGH
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 MIN_OPSET = 13
-# Inputs TensorRT runs as INT8 when a DequantizeLinear feeds them: op -> activation input indices.
-INT8_INPUTS = {"Conv": (0,), "ConvTranspose": (0,), "Gemm": (0,), "MatMul": (0, 1), "MaxPool": (0,),
-               "AveragePool": (0,), "GlobalAveragePool": (0,), "GlobalMaxPool": (0,)}
-TRANSPARENT_OPS = ("Relu", "Flatten", "Reshape", "Concat")  # Q/DQ commute with these
-BINARY_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow")
 PERFORMANCE_LEVELS = ("warning", "error")
 
 
@@ -142,7 +137,7 @@ def _reaches_int8_input(t) -> bool:
             slots = [i for i, x in enumerate(n.inputs) if x is tensor]
             if any(i in INT8_INPUTS.get(n.op, ()) for i in slots) or (n.op == "Add" and _fusable(n)):
                 return True
-            if n.op in TRANSPARENT_OPS and 0 in slots and id(n) not in seen:
+            if n.op in LOOK_THROUGH and 0 in slots and id(n) not in seen:
                 seen.add(id(n))
                 stack.extend(n.outputs)
     return False

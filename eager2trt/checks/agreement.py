@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 import torch
 
-from .contract import AGREEMENT_MIN as REAL_AGREEMENT_MIN, DISTANCE_RATIO_MAX, REAL_DISTANCE_RATIO_MAX
-from .errors import PipelineError
-from .model import DEFAULT_ENGINE, DRIFTING_ENGINES
-from .verify import ort_logits, ort_session
+from ..contract import AGREEMENT_MIN as REAL_AGREEMENT_MIN, DISTANCE_RATIO_MAX, REAL_DISTANCE_RATIO_MAX
+from ..errors import PipelineError
+from ..eager.engines import DEFAULT_ENGINE, DRIFTING_ENGINES
+from .compare import ort_logits, ort_session
 
 # Bounds and their measurements live in contract.py.
 

@@ -21,7 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import PipelineError, run_cli
+from ..errors import PipelineError, run_cli
 
 CONVOLUTION = "Convolution"
 POINTWISE = ("PointWise", "ElementWise")
@@ -101,24 +101,3 @@ def format_summary(s: LayerSummary) -> str:
             f"({int8} with INT8 input, {s.convolutions_with_fused_add} with a residual Add fused in), "
             f"{s.pointwise} separate pointwise/elementwise layers")
     return line + "".join(f"\n  separate: {name}" for name in s.pointwise_names)
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eager2trt.layer_info", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="trtexec --exportLayerInfo JSON files")
-    p.add_argument("--json", action="store_true", default=False, help="print the summaries as JSON instead of text")
-    return p
-
-
-def main(args) -> list[LayerSummary]:
-    summaries = [summarize(f) for f in args.files]
-    if args.json:
-        print(json.dumps([asdict(s) for s in summaries], indent=2))
-    else:
-        print("\n".join(format_summary(s) for s in summaries))
-    return summaries
-
-
-if __name__ == "__main__":
-    run_cli(lambda: main(get_args_parser().parse_args()))

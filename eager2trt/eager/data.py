@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .artifacts import atomic_path
-from .errors import PipelineError
+from ..artifacts import atomic_path
+from ..errors import PipelineError
 
 # The reference normalizes with ImageNet statistics; we keep them so checkpoints stay comparable.
 MEAN = (0.485, 0.456, 0.406)

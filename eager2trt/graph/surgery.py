@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import PipelineError
+from ..errors import PipelineError
 from .onnx_utils import QDQ, fold_constant_inputs, op_counts, qdq_nodes, zero_point
 
 # Ops whose bias may arrive as an int32 DequantizeLinear; input index 2 is the bias for both.

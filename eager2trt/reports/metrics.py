@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import write_json
-from .errors import PipelineError
+from ..artifacts import write_json
+from ..errors import PipelineError
 
 # section -> the command that writes it
 WRITERS = {

@@ -9,9 +9,9 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import PipelineError
+from ..errors import PipelineError
+from .ops import QDQ
 
-QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:

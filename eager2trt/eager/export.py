@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import save_onnx, write_bytes
-from .contract import INPUT_NAME, OPSET, OUTPUT_NAME, image_batch_shape
+from ..artifacts import save_onnx, write_bytes
+from ..contract import INPUT_NAME, OPSET, OUTPUT_NAME, image_batch_shape
 
 
 def _example(example) -> torch.Tensor:

@@ -5,34 +5,16 @@ from pathlib import Path
 
 import onnx
 
-from . import contract
-from .contract import FP16_ACCURACY_TOLERANCE
-from .artifacts import ensure_writable_dir, output_lock, save_onnx
-from .errors import PipelineError, run_cli
-from .onnx_utils import load_onnx
-
-def refuse_quantized(model: onnx.ModelProto, path: Path) -> None:
-    """Stop on a Q/DQ model: onnxconverter-common would make its scales float16, which DequantizeLinear
-    rejects (onnx.checker and onnxruntime both fail); an INT8 model needs no FP16 copy anyway."""
-    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    if qdq:
-        raise PipelineError(f"{path} is a quantized model ({qdq} QuantizeLinear/DequantizeLinear nodes); FP16 "
-                            f"conversion takes the FP32 ONNX, e.g. --input {contract.OUTPUT_DIR / contract.FP32_ONNX}")
-
-
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Convert weights and compute to float16 while keeping float32 input and output for users."""
-    import warnings
-
-    from onnxconverter_common import float16
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one warning per tiny weight clamped to float16's range
-        return float16.convert_float_to_float16(model, keep_io_types=True)
+from .. import contract
+from ..artifacts import ensure_writable_dir, output_lock, save_onnx
+from ..contract import FP16_ACCURACY_TOLERANCE
+from ..errors import PipelineError, run_cli
+from ..graph.fp16 import refuse_quantized, to_fp16
+from ..graph.onnx_utils import load_onnx
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eager2trt.fp16", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m eager2trt.cli.fp16", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", type=Path, default=contract.OUTPUT_DIR / contract.FP32_ONNX, help="FP32 ONNX")
     p.add_argument("--output", type=Path, default=contract.OUTPUT_DIR / contract.FP16_ONNX, help="FP16 ONNX to write")
@@ -53,8 +35,8 @@ def convert(fp32: onnx.ModelProto, args) -> dict:
     fp16 = to_fp16(fp32)
     result = {}
     if args.data_dir is not None:
-        from .data import load_cifar10
-        from .verify import ort_accuracy
+        from ..eager.data import load_cifar10
+        from ..checks.compare import ort_accuracy
 
         test = load_cifar10(args.data_dir)["test"]
         acc32, _ = ort_accuracy(fp32, test)

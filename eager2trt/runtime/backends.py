@@ -13,8 +13,8 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from . import contract
-from .data import Split, iterate_batches
+from .. import contract
+from ..eager.data import Split, iterate_batches
 from .timing import measure, summarize
 
 
@@ -61,8 +61,8 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, model: Union[Path, onnx.ModelProto], optimize: bool = True, threads: int = 0):
-        from .onnx_utils import is_quantized, load_onnx
-        from .verify import ort_session
+        from ..graph.onnx_utils import is_quantized, load_onnx
+        from ..checks.compare import ort_session
 
         proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
         self.quantized = is_quantized(proto)
@@ -91,7 +91,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, path: Path):
-        from .tensorrt_runtime import Engine
+        from .tensorrt import Engine
 
         self.engine = Engine(path)
         self.quantized = engine_is_int8(self.engine)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PipelineError
+from ..errors import PipelineError
 
 NO_TENSORRT = ("TensorRT is not installed here (import tensorrt failed); run this inside the Docker image "
                "(docker/pytorch-tensorrt.Dockerfile), or validate the ONNX model with --onnx instead")

@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import torch
 
-from .data import Split, iterate_batches
-from .contract import EQUIVALENCE_ATOL, FAST_ERROR_RATIO
-from .errors import PipelineError
+from ..eager.data import Split, iterate_batches
+from ..contract import EQUIVALENCE_ATOL, FAST_ERROR_RATIO
+from ..errors import PipelineError
 
 
 def ort_session(model: Union[Path, onnx.ModelProto], optimize: bool = False, threads: int = 0):
@@ -73,7 +73,7 @@ def equivalence(original: onnx.ModelProto, modified: onnx.ModelProto, batches: l
 def ort_accuracy(model: Union[Path, onnx.ModelProto], split: Split, batch_size: int = 500,
                  optimize: bool = True) -> tuple[float, np.ndarray]:
     """Top-1 accuracy of an ONNX model on `split`, and its logits (the backends' one evaluation loop)."""
-    from .backends import OnnxBackend, evaluate
+    from ..runtime.backends import OnnxBackend, evaluate
 
     result = evaluate(OnnxBackend(model, optimize=optimize), split, batch_size)
     return result.accuracy, result.logits

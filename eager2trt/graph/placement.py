@@ -16,15 +16,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import PipelineError
+from ..errors import PipelineError
+from .ops import FUSABLE_BRANCH_OPS, INT8_INPUTS, LOOK_THROUGH
 from .surgery import REWRITES, int8_zero_points, make_tensorrt_ready
 
-# Where TensorRT runs an INT8 kernel on a DequantizeLinear output: op -> input indices that take activations.
-INT8_INPUTS = {"Conv": (0,), "ConvTranspose": (0,), "Gemm": (0,), "MatMul": (0, 1), "MaxPool": (0,),
-               "AveragePool": (0,), "GlobalAveragePool": (0,), "GlobalMaxPool": (0,)}
-# Ops that TensorRT moves Q/DQ across (they commute with quantization), so a DQ before them still feeds what follows.
-LOOK_THROUGH = ("Relu", "Flatten", "Reshape", "Concat")
-FUSABLE_BRANCH_OPS = ("Conv",)
 HIGH_PRECISIONS = ("fp32", "fp16")
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_SCALE_RTOL = 2.0 ** -10  # a scale must round to FP16 within FP16's own precision (normal range)

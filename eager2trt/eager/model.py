@@ -1,0 +1,87 @@
+"""One model definition (torchvision's quantizable classifiers), its checkpoints and its fusion."""
+
+import copy
+
+import torch
+from torchvision.models import quantization as qmodels
+
+from ..contract import FUSE_ATOL, FUSE_RTOL, IMAGE_SHAPE  # the reference's fused-vs-unfused check
+from ..errors import PipelineError, require_choice
+
+ARCHS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v2_cifar")
+# The CIFAR-sized MobileNetV2 stem (as in the common CIFAR ports): the first conv and the first
+# down-sampling block at stride 1, so 32x32 inputs end in 4x4 maps instead of ImageNet's 1x1. Only the
+# strides of torchvision's own modules change (3x3 kernels, padding 1), so quantization and fusion are
+# torchvision's; these two blocks have no residual add, so no skip connection depends on the stride.
+CIFAR_STEM_STRIDE1 = {"mobilenet_v2_cifar": ("features.0.0", "features.2.conv.1.0")}
+
+
+def build_model(arch: str = "resnet18", num_classes: int = 10) -> torch.nn.Module:
+    """torchvision's quantizable model in float mode, randomly initialised; `_cifar` archs get stride-1 stems."""
+    require_choice("--arch", arch, ARCHS)
+    model = getattr(qmodels, arch.removesuffix("_cifar"))(weights=None, quantize=False, num_classes=num_classes)
+    modules = dict(model.named_modules())
+    for name in CIFAR_STEM_STRIDE1.get(arch, ()):
+        modules[name].stride = (1, 1)
+    return model
+
+
+def num_classes(model: torch.nn.Module) -> int:
+    """Output features of the model's last Linear layer (ResNet's fc, MobileNetV2's classifier)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
+
+
+def variance_preserving_init(model: torch.nn.Module) -> torch.nn.Module:
+    """Kaiming-normal (fan_in) weights for every conv and linear layer, in place; for untrained fidelity checks.
+
+    With eval-mode BatchNorm an identity, the init alone sets activation scales through the depth:
+    torchvision's fan_out init (and its 0.01-std classifier) lets them shrink or grow layer by layer, so
+    logits of an untrained model measure that drift rather than quantization. fan_in keeps them O(1).
+    """
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    return model
+
+
+def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
+    """Load an FP32 state_dict (or a training checkpoint holding one) into `model`, in place."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PipelineError(f"checkpoint {path} does not exist; pass the path of a saved FP32 state_dict") from None
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise PipelineError(f"checkpoint {path} is not a readable PyTorch state_dict ({type(exc).__name__}); "
+                            f"re-save it with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise PipelineError(f"checkpoint {path} does not fit {arch} with {num_classes(model)} classes "
+                            f"({detail[:160]}); pass --arch and a checkpoint that match") from None
+    return model
+
+
+def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
+         input_shape: tuple = IMAGE_SHAPE) -> tuple[torch.nn.Module, float]:
+    """Return a fused copy (conv+bn+relu, conv+bn, downsample) and its max abs deviation.
+
+    Raises when fused and unfused outputs differ beyond the reference's rtol/atol on random inputs.
+    """
+    model = model.eval()
+    fused = copy.deepcopy(model)
+    fused.fuse_model()  # torchvision: fuses every block in place, numerics unchanged
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_checks, *input_shape, generator=gen)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    max_abs = (ref - out).abs().max().item()
+    if not torch.allclose(out, ref, rtol=FUSE_RTOL, atol=FUSE_ATOL):
+        raise PipelineError(f"fused model deviates from the unfused one by up to {max_abs:.3g} "
+                            f"(rtol {FUSE_RTOL}, atol {FUSE_ATOL}); the model is not fusable as-is")
+    return fused, max_abs
