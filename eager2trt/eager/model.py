@@ -8,7 +8,13 @@ from torchvision.models import quantization as qmodels
 from ..contract import FUSE_ATOL, FUSE_RTOL, IMAGE_SHAPE  # the reference's fused-vs-unfused check
 from ..errors import PipelineError, require_choice
 
-ARCHS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v2_cifar")
+# Every torchvision quantizable classifier, plus CIFAR-stem variants (suffix _cifar) for 32x32 inputs.
+ARCHS = ("resnet18", "resnet50", "resnext101_32x8d", "mobilenet_v2", "mobilenet_v2_cifar", "mobilenet_v3_large",
+         "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "googlenet", "inception_v3")
+# Constructor options beyond num_classes: no auxiliary heads (their extra outputs are training-only and would
+# become extra graph outputs), and inputs taken as normalized (transform_input re-normalizes for ImageNet weights).
+ARCH_OPTIONS = {"googlenet": {"aux_logits": False, "transform_input": False, "init_weights": True},
+                "inception_v3": {"aux_logits": False, "transform_input": False, "init_weights": True}}
 # The CIFAR-sized MobileNetV2 stem (as in the common CIFAR ports): the first conv and the first
 # down-sampling block at stride 1, so 32x32 inputs end in 4x4 maps instead of ImageNet's 1x1. Only the
 # strides of torchvision's own modules change (3x3 kernels, padding 1), so quantization and fusion are
@@ -19,7 +25,8 @@ CIFAR_STEM_STRIDE1 = {"mobilenet_v2_cifar": ("features.0.0", "features.2.conv.1.
 def build_model(arch: str = "resnet18", num_classes: int = 10) -> torch.nn.Module:
     """torchvision's quantizable model in float mode, randomly initialised; `_cifar` archs get stride-1 stems."""
     require_choice("--arch", arch, ARCHS)
-    model = getattr(qmodels, arch.removesuffix("_cifar"))(weights=None, quantize=False, num_classes=num_classes)
+    base = arch.removesuffix("_cifar")
+    model = getattr(qmodels, base)(weights=None, quantize=False, num_classes=num_classes, **ARCH_OPTIONS.get(base, {}))
     modules = dict(model.named_modules())
     for name in CIFAR_STEM_STRIDE1.get(arch, ()):
         modules[name].stride = (1, 1)
