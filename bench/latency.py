@@ -76,7 +76,7 @@ def runs_for(batch: int, runs: int) -> int:
 
 
 def cpu_rows(a: dict, batches: list, runs: int) -> list:
-    from eager2trt.checks.compare import ort_session
+    from eager2trt.runtime.backends import ort_session
 
     def fns(threads: int, x: torch.Tensor) -> list:
         out = [(("PyTorch eager", "FP32"), lambda: a["fp32"](x)), (("PyTorch eager", "INT8 (ours)"), lambda: a["int8"](x)),

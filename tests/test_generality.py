@@ -10,7 +10,8 @@ from eager2trt.eager.model import fuse
 from eager2trt.eager.quantize import quantize
 from eager2trt.graph.onnx_utils import load_onnx
 from eager2trt.graph.surgery import make_tensorrt_ready
-from eager2trt.checks.compare import equivalence, random_batches
+from eager2trt.runtime.inputs import random_batches
+from graph_checks import ort_equivalence
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2"])
@@ -26,5 +27,5 @@ def test_export_surgery_and_verification(arch, tmp_path):
     findings = lint.lint(modified)
     assert not any(findings.values()), {k: v[:2] for k, v in findings.items() if v}
     assert any(lint.lint(original).values())  # the raw export is not TensorRT-ready
-    eq = equivalence(original, modified, random_batches(n=2, shape=(4, 3, 32, 32)))
-    assert eq["ok"], eq
+    eq = ort_equivalence(original, modified, random_batches((4, 3, 32, 32), 2))
+    assert eq.passed, eq

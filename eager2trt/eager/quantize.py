@@ -2,13 +2,15 @@
 
 import copy
 import warnings
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch.ao import quantization as tq
+from tqdm import tqdm
 
 from ..errors import PipelineError, require_choice
-from .engines import DEFAULT_ENGINE, select_engine
+from .engines import DEFAULT_ENGINE, candidate_engines, notice
+from .quiet import quantized_api
 
 ACTIVATION_DTYPES = {"quint8": torch.quint8, "qint8": torch.qint8}
 OBSERVERS = {"minmax": tq.MinMaxObserver, "histogram": tq.HistogramObserver}
@@ -23,8 +25,8 @@ def qconfig(activation_dtype: str = "quint8", calibration: str = "histogram") ->
     quint8 symmetric activations have zero point 128 and the same scale as qint8 symmetric ones,
     so the ONNX stage maps them exactly to int8 zero point 0 (q_s8 = q_u8 - 128).
     """
-    require_choice("--activation-dtype", activation_dtype, ACTIVATION_DTYPES)
-    require_choice("--calibration", calibration, OBSERVERS)
+    require_choice("activation_dtype", activation_dtype, ACTIVATION_DTYPES)
+    require_choice("calibration", calibration, OBSERVERS)
     act = OBSERVERS[calibration].with_args(dtype=ACTIVATION_DTYPES[activation_dtype],
                                            qscheme=torch.per_tensor_symmetric, reduce_range=False, eps=EPS)
     weight = tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
@@ -34,30 +36,65 @@ def qconfig(activation_dtype: str = "quint8", calibration: str = "histogram") ->
 
 def quantize(fused: torch.nn.Module, calib_batches: Iterable[torch.Tensor], activation_dtype: str = "quint8",
              calibration: str = "histogram", engine: str = DEFAULT_ENGINE) -> torch.nn.Module:
-    """Prepare, calibrate on `calib_batches` (float NCHW) and convert a fused FP32 model to INT8."""
-    engine = select_engine(engine)
+    """Prepare, calibrate on `calib_batches` (float NCHW) and convert a fused FP32 model to INT8.
+
+    Calibration runs once; conversion packs weights for one engine, so it is repeated per candidate engine
+    (engines.candidate_engines: the faithful ones on this machine, in order) until one runs the model.
+    """
+    with quantized_api():
+        return _quantize(fused, calib_batches, activation_dtype, calibration, candidate_engines(engine))
+
+
+def _quantize(fused: torch.nn.Module, calib_batches: Iterable[torch.Tensor], activation_dtype: str,
+              calibration: str, candidates: list) -> torch.nn.Module:
     model = copy.deepcopy(fused).eval().cpu()
     model.qconfig = qconfig(activation_dtype, calibration)
     tq.prepare(model, inplace=True)
+    example = None
     with torch.no_grad():
-        for x in calib_batches:
+        for x in tqdm(calib_batches, desc="calibrating", unit="batch", leave=False, mininterval=2.0, delay=2.0):
+            example = x[:1] if example is None else example
             model(x)
+    if example is None:
+        raise PipelineError("calib_batches yielded no batch; pass at least one batch of real inputs")
+    failures = []
+    for name in candidates:
+        torch.backends.quantized.engine = name
+        int8 = _convert(model)
+        failure = _run_failure(int8, example)
+        if failure is None:
+            if failures:
+                notice(f"note: {'; '.join(failures)}; using the {name} engine")
+            return int8
+        failures.append(f"the {name} engine cannot run this model ({failure})")
+    raise PipelineError(_cannot_run(failures, activation_dtype))
+
+
+def _convert(prepared: torch.nn.Module) -> torch.nn.Module:
+    """Convert a copy of a calibrated model for the current engine."""
+    model = copy.deepcopy(prepared)
     with warnings.catch_warnings():
-        # MobileNetV2's blocks without a residual never call their FloatFunctional; its unused observer's
-        # "must run observer before calling calculate_qparams" is expected there.
+        # blocks whose FloatFunctional is never called (MobileNetV2 without a residual) leave an observer that
+        # never saw data; its "must run observer before calling calculate_qparams" is expected there.
         warnings.filterwarnings("ignore", message="must run observer before calling calculate_qparams")
         tq.convert(model, inplace=True)
-    _check_runs(model, activation_dtype, engine)
     return model
 
 
-def _check_runs(qmodel: torch.nn.Module, activation_dtype: str, engine: str) -> None:
-    """Run one input so an unsupported dtype/engine pair fails here with a sentence, not later."""
+def _run_failure(int8: torch.nn.Module, example: torch.Tensor) -> Optional[str]:
+    """None when the INT8 model runs on `example` (one image of the calibration data), else the first line of why."""
     try:
         with torch.no_grad():
-            qmodel(torch.zeros(1, 3, 32, 32))
+            int8(example)
+        return None
     except (RuntimeError, NotImplementedError) as exc:
-        raise PipelineError(
-            f"torch {torch.__version__} cannot run {activation_dtype} activations on the {engine} engine "
-            f"({str(exc).splitlines()[0][:120]}); use --activation-dtype quint8, which maps exactly to "
-            f"TensorRT's int8 in the ONNX stage") from None
+        return str(exc).strip().splitlines()[0][:160]
+
+
+def _cannot_run(failures: list[str], activation_dtype: str) -> str:
+    """The sentence when no engine runs the model: the detected cause, not a guess."""
+    text = "; ".join(failures)
+    if activation_dtype == "qint8":
+        return (f"torch {torch.__version__} cannot run qint8 activations ({text}); use activation dtype quint8, "
+                f"which maps exactly to TensorRT's int8 in the ONNX stage")
+    return f"the INT8 model does not run: {text}"
