@@ -109,12 +109,12 @@ def modelopt(args, calib: torch.Tensor, work: Path) -> tuple[dict, dict]:
 
 
 def logits_of(path: Path, batches: list) -> np.ndarray:
-    return logits(OnnxRunner(path, optimize=True), batches, desc=False)
+    return logits(OnnxRunner(path, optimize="all"), batches, desc=False)
 
 
 def latency_ms(path: Path, runs: int) -> dict:
     """onnxruntime CPU batch-1 latency, 1 thread, full graph optimizations."""
-    session = ort_session(path, optimize=True, threads=1)
+    session = ort_session(path, optimize="all", threads=1)
     x = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 32, 32), np.float32)}
     return measure(lambda: session.run(None, x), runs=runs, warmup=20)
 

@@ -87,7 +87,7 @@ def cpu_rows(a: dict, batches: list, runs: int) -> list:
         # the export before surgery: uint8 activations (U8S8), the layout onnxruntime's x86 kernels prefer
         for precision, key in (("FP32", "fp32_onnx"), ("INT8 Q/DQ", "int8_onnx_modified"),
                                ("INT8 Q/DQ uint8 export", "int8_onnx")):
-            s = ort_session(a["files"][key], optimize=True, threads=threads)
+            s = ort_session(a["files"][key], optimize="all", threads=threads)
             out.append((("onnxruntime", precision), lambda s=s: s.run(None, {contract.INPUT_NAME: xn})))
         return out
 

@@ -34,7 +34,7 @@ def equivalence(reference: np.ndarray, candidate: np.ndarray, atol: float = EQUI
     diff = max_abs_diff(reference, candidate)
     agree = argmax_agreement(reference, candidate)
     return Check(name, diff, f"<= {atol:g}", diff <= atol,
-                 detail=f"{what}, {len(reference)} inputs, onnxruntime without graph optimizations, argmax agreement "
+                 detail=f"{what}, {len(reference)} inputs, onnxruntime with Q/DQ as written, argmax agreement "
                         f"{agree:.4%}",
                  fix="the rewritten graph is not the same model; please report it with the ONNX file",
                  figures={"max_abs_diff": diff, "argmax_agreement": agree, "samples": int(len(reference)),
