@@ -53,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, default=5000, help="evaluate: test images scored (default: 5000)")
     p.add_argument("--threads", type=int, default=2, help="evaluate: CPU threads (default: 2)")
     p.add_argument("--engine", default="qnnpack", help="evaluate: quantized CPU engine (default: qnnpack)")
+    p.add_argument("--note", action="append", default=[], help="report: a line added under the table (repeatable)")
     p.add_argument("--output", type=Path, default=Path("bench/results/matrix_h200"),
                    help="report: writes OUTPUT.json and OUTPUT.md (default: bench/results/matrix_h200)")
     return p
@@ -152,13 +153,13 @@ def graph_row(int8: torch.nn.Module, batches: list, labels: np.ndarray, pt: np.n
 def report_stage(args) -> None:
     """Merge per-model JSON into OUTPUT.json and a markdown table OUTPUT.md; print the table."""
     rows = [json.loads(p.read_text()) for p in args.results]
-    table = markdown(rows)
-    write_json(args.output.with_suffix(".json"), {"command": " ".join(sys.argv), "models": rows})
+    table = markdown(rows, args.note)
+    write_json(args.output.with_suffix(".json"), {"command": " ".join(sys.argv), "notes": args.note, "models": rows})
     args.output.with_suffix(".md").write_text(table)
     print(table)
 
 
-def markdown(rows: list) -> str:
+def markdown(rows: list, notes: list = ()) -> str:
     head = ["model", "epochs", "FP32"] + list(METHODS) + ["auto (method)", "exact graph (ORT)", "agree", "dist ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -172,11 +173,14 @@ def markdown(rows: list) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0] if rows else {}
     env = first.get("environment", {})
+    threads = sorted({r.get("threads") for r in rows})
     lines += ["", f"PyTorch INT8 on the {first.get('engine')} engine; calibration: {first.get('calib_images')} random "
               f"training images; auto chooses by top-1 on {first.get('holdout_images')} other training images; "
               f"accuracies on {first.get('test_images')} random test images. Machine: {env.get('gpu')} (training), "
-              f"{env.get('cpu')} with {first.get('threads')} threads per model (CPU stages), torch {env.get('torch')}, "
-              f"onnxruntime {env.get('onnxruntime')}."]
+              f"{env.get('cpu')} with {'-'.join(map(str, threads))} threads per model (CPU stages; the six models in "
+              f"parallel), torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}. FP32 here is on the same "
+              f"test images; the training run's own 10,000-image figure is in the JSON."]
+    lines += [""] + [f"- {n}" for n in notes] if notes else []
     return "\n".join(lines) + "\n"
 
 
