@@ -22,7 +22,7 @@ def assert_one_sentence(proc, *fragments):
     (["--epochs", "-1"], "--epochs must be 0 or more"),
     (["--arch", "vgg11"], "choose one of resnet18, resnet50"),
     (["--activation-dtype", "int4"], "choose one of quint8, qint8"),
-    (["--calibration", "entropy"], "choose one of minmax, histogram"),
+    (["--calibration", "kl"], "choose one of minmax, histogram, percentile, entropy, mse"),
     (["--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist"),
     (["--engine", "tpu"], "unknown --engine 'tpu'; choose one of"),
     (["--save-every", "0"], "--save-every must be positive"),
