@@ -4,9 +4,11 @@
 
 "old": the seven-process sequence of an earlier commit's scripts/run_pipeline.sh (resnet_torch.py, onnx_gs.py
 exact and fast, the FP16 conversion, two resnet_tensorrt.py validations), each stage timed, run from a
-`git archive` of that commit. "new": this tree's `resnet_torch.py --checkpoint ... --fp16-onnx`, one process.
-Both quantize the shipped checkpoint; the table gives wall time per stage and the figures each run recorded
-(written to bench/results/main_job_<machine>.{json,md}).
+`git archive` of that commit, with its defaults (histogram calibration on all 50,000 training images). "new":
+this tree's `resnet_torch.py --checkpoint ... --fp16-onnx`, one process, with the same calibration; "new, new
+defaults": the same command with today's defaults (auto calibration on 2,560 random training images). All quantize
+the shipped checkpoint; the table gives wall time per stage and the figures each run recorded (written to
+bench/results/main_job_<machine>.{json,md}).
 """
 
 import argparse
@@ -88,11 +90,12 @@ def old_sequence(args, work: Path) -> tuple[dict, dict]:
     return seconds, figures
 
 
-def new_job(args, work: Path) -> tuple[dict, dict]:
-    """This tree's main job: one process."""
-    out = work / "new_out"
-    calib = ["--calib-batches", str(args.calib_batches)] if args.calib_batches else []
-    print("new: resnet_torch.py --fp16-onnx ...", flush=True)
+def new_job(args, work: Path, same_calibration: bool) -> tuple[dict, dict]:
+    """This tree's main job: one process (with the old calibration, or with today's defaults)."""
+    out = work / f"new_out_{same_calibration}"
+    calib = (["--calibration", "histogram", "--calib-batches", str(args.calib_batches or 0)] if same_calibration
+             else [])
+    print(f"new: resnet_torch.py --fp16-onnx {' '.join(calib)} ...", flush=True)
     seconds = {"resnet_torch.py --fp16-onnx (one process)": timed(
         [sys.executable, "resnet_torch.py", "--data-dir", args.data_dir, "--output-dir", out, "--checkpoint", CHECKPOINT,
          "--fp16-onnx", *calib], ROOT, dict(os.environ))}
@@ -107,15 +110,17 @@ def new_job(args, work: Path) -> tuple[dict, dict]:
 def table(result: dict) -> str:
     lines = [f"Main job, old script sequence ({result['old_commit']}) vs one process, same machine, one run each",
              "", "| run | stage | wall s |", "|---|---|---|"]
-    for run in ("old", "new"):
+    for run in ("old", "new", "new, new defaults"):
         for stage, s in result[run]["seconds"].items():
             lines.append(f"| {run} | {stage} | {s:.1f} |")
         lines.append(f"| {run} | **total** | **{sum(result[run]['seconds'].values()):.1f}** |")
-    lines += ["", "| figure | old | new |", "|---|---|---|"]
+    lines += ["", "| figure | old | new | new, new defaults |", "|---|---|---|---|"]
     for k in result["old"]["figures"]:
-        lines.append(f"| {k} | {result['old']['figures'][k]:.6g} | {result['new']['figures'][k]:.6g} |")
-    ratio = sum(result["new"]["seconds"].values()) / sum(result["old"]["seconds"].values())
-    lines += ["", f"new / old wall time: {ratio:.2f}"]
+        lines.append(f"| {k} | " + " | ".join(f"{result[r]['figures'][k]:.6g}" for r in ("old", "new", "new, new defaults"))
+                     + " |")
+    total = {r: sum(result[r]["seconds"].values()) for r in ("old", "new", "new, new defaults")}
+    lines += ["", f"wall time over the old sequence's: new {total['new'] / total['old']:.2f}, new defaults "
+                  f"{total['new, new defaults'] / total['old']:.2f}"]
     return "\n".join(lines)
 
 
@@ -125,10 +130,11 @@ def main(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="main_job_bench.") as tmp:
         work = Path(tmp)
         old_s, old_f = old_sequence(args, work)
-        new_s, new_f = new_job(args, work)
+        new_s, new_f = new_job(args, work, same_calibration=True)
+        now_s, now_f = new_job(args, work, same_calibration=False)
     result = {"old_commit": args.old_commit, "calib_batches": args.calib_batches, "environment": environment(),
-              "load_1min_after": os.getloadavg()[0],
-              "old": {"seconds": old_s, "figures": old_f}, "new": {"seconds": new_s, "figures": new_f}}
+              "load_1min_after": os.getloadavg()[0], "old": {"seconds": old_s, "figures": old_f},
+              "new": {"seconds": new_s, "figures": new_f}, "new, new defaults": {"seconds": now_s, "figures": now_f}}
     text = table(result)
     write_json(args.output.with_suffix(".json"), result)
     write_bytes(args.output.with_suffix(".md"), (text + "\n").encode())

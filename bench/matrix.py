@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from eager2trt.artifacts import save_torch, write_json
-from eager2trt.checks.agreement import argmax_agreement, distance_ratio, relative_distance
-from eager2trt.checks.compare import ort_logits, ort_session
+from eager2trt.checks.agreement import distance_ratio
+from eager2trt.checks.compare import argmax_agreement, relative_distance
+from eager2trt.runtime.backends import OnnxRunner, logits
 from eager2trt.eager.calibration import METHODS, calibrate, convert_copy, split_training
 from eager2trt.eager.data import iterate_batches, load_cifar10
 from eager2trt.eager.engines import select_engine
@@ -144,7 +145,7 @@ def graph_row(int8: torch.nn.Module, batches: list, labels: np.ndarray, pt: np.n
     with tempfile.TemporaryDirectory() as tmp:
         exported = load_onnx(export_onnx(int8, Path(tmp) / "int8.onnx"))
     ready, _ = make_tensorrt_ready(exported)
-    graph = ort_logits(ort_session(ready, threads=threads), [x.numpy() for x in batches]).astype(np.float64)
+    graph = logits(OnnxRunner(ready, threads=threads), batches, desc=False).astype(np.float64)
     return {"test_accuracy": accuracy(graph, labels), "argmax_agreement_with_pytorch": argmax_agreement(pt, graph),
             "distance_ratio": distance_ratio(pt, graph, fp32), "pytorch_vs_fp32_relative": relative_distance(pt, fp32),
             "graph_vs_fp32_relative": relative_distance(graph, fp32), "seconds": time.perf_counter() - t0}

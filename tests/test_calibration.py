@@ -9,7 +9,7 @@ import torch
 from torch.ao import quantization as tq
 
 from eager2trt.checks.agreement import distance_ratio
-from eager2trt.checks.compare import equivalence, ort_logits, ort_session
+from graph_checks import onnx_logits, ort_equivalence
 from eager2trt.contract import DISTANCE_RATIO_MAX
 from eager2trt.eager import calibration as cal
 from eager2trt.eager.export import export_onnx
@@ -231,8 +231,8 @@ def test_exported_graph_stays_exact_and_agrees_with_pytorch(calibration, tmp_pat
     original = onnx.load(str(exported))
     ready, _ = make_tensorrt_ready(original)
     inputs = [b.numpy() for b in batches]
-    assert equivalence(original, ready, inputs)["ok"]
-    graph = ort_logits(ort_session(ready), inputs).astype(np.float64)
+    assert ort_equivalence(original, ready, inputs).passed
+    graph = onnx_logits(ready, inputs).astype(np.float64)
     with torch.no_grad():
         pt = torch.cat([int8(b) for b in batches]).double().numpy()
         fp32 = torch.cat([tiny_fused()(b) for b in batches]).double().numpy()

@@ -27,7 +27,7 @@ def assert_one_sentence(proc, *fragments):
     (["--engine", "tpu"], "unknown --engine 'tpu'; choose one of"),
     (["--save-every", "0"], "--save-every must be positive"),
     (["--train-subset", "0"], "--train-subset must be positive"),
-    (["--calib-batches", "0"], "--calib-batches must be positive"),
+    (["--calib-batches", "-1"], "--calib-batches must be 0 or more"),
     (["--epochs", "0"], "--epochs 0 would save an untrained model; pass --epochs 1 or more, or --checkpoint"),
     (["--batch-size", "0"], "--batch-size must be positive, got 0"),
     (["--batch-size", "-1"], "--batch-size must be positive, got -1"),

@@ -11,7 +11,8 @@ from .. import contract, jobs
 from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite
 from ..eager.engines import AUTO, candidate_engines, supported_engines
 from ..eager.model import ARCHS
-from ..eager.quantize import ACTIVATION_DTYPES, OBSERVERS
+from ..eager.calibration import DEFAULT_PERCENTILE, check_percentile
+from ..eager.quantize import ACTIVATION_DTYPES, CALIBRATIONS
 from ..eager.train import Recipe
 from ..errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
 from ..graph.placement import HIGH_PRECISIONS
@@ -42,9 +43,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", default="reduce-overhead",
                    help="torch.compile mode for CUDA training; 'none' to run eagerly")
     p.add_argument("--activation-dtype", default="quint8", help=f"one of {', '.join(ACTIVATION_DTYPES)}")
-    p.add_argument("--calibration", default="histogram",
-                   help=f"activation observer: {', '.join(OBSERVERS)} (minmax is the reference's)")
-    p.add_argument("--calib-batches", type=int, help="calibrate on this many training batches (default: all)")
+    defaults = jobs.JobOptions()
+    p.add_argument("--calibration", default=defaults.quantization.calibration,
+                   help=f"activation range method: {', '.join(CALIBRATIONS)} (minmax is the reference's; auto picks per "
+                        f"model by accuracy on held-out training images)")
+    p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                   help="percentile of |activation| for --calibration percentile (and auto's percentile candidate)")
+    p.add_argument("--calib-batches", type=int, default=defaults.calib_batches,
+                   help="calibrate on this many batches of random training images; 0: all, in stored order")
     p.add_argument("--engine", default=AUTO,
                    help=f"quantized CPU engine: {AUTO} (the first of onednn, qnnpack whose int8 arithmetic matches the "
                         f"Q/DQ graph on this CPU, measured by a probe) or one of {', '.join(supported_engines())}")
@@ -78,12 +84,13 @@ def validate(args) -> None:
     require_int("--seed", args.seed, minimum=0, maximum=2**32 - 1)  # NumPy's seed range
     require_int("--save-every", args.save_every)
     require_int("--train-subset", args.train_subset)
-    require_int("--calib-batches", args.calib_batches)  # with a positive batch size: never zero batches
+    require_int("--calib-batches", args.calib_batches, minimum=0)  # 0: every training image
     require_int("--latency-runs", args.latency_runs)
     require_float("--accuracy-budget", args.accuracy_budget)
     require_choice("--arch", args.arch, ARCHS)
     require_choice("--activation-dtype", args.activation_dtype, ACTIVATION_DTYPES)
-    require_choice("--calibration", args.calibration, OBSERVERS)
+    require_choice("--calibration", args.calibration, CALIBRATIONS)
+    check_percentile(args.percentile)
     require_choice("--engine", args.engine, (AUTO, *supported_engines()))
     candidate_engines(args.engine)  # says now when no engine is faithful on this machine
     if args.checkpoint is not None and not args.checkpoint.is_file():
@@ -101,8 +108,9 @@ def options(args) -> jobs.JobOptions:
                     compile_mode=None if args.compile_mode == "none" else args.compile_mode)
     return jobs.JobOptions(data_dir=args.data_dir, output_dir=args.output_dir, arch=args.arch,
                            checkpoint=args.checkpoint, recipe=recipe,
-                           quantization=QuantizeConfig(args.activation_dtype, args.calibration, args.engine),
-                           calib_batches=args.calib_batches, accuracy_budget=args.accuracy_budget,
+                           quantization=QuantizeConfig(args.activation_dtype, args.calibration, args.engine,
+                                                        args.percentile),
+                           calib_batches=args.calib_batches or None, accuracy_budget=args.accuracy_budget,
                            fast=None if args.no_fast_graph else args.high_precision, fp16=args.fp16_onnx,
                            latency_runs=args.latency_runs, download=args.download, overwrite=args.overwrite,
                            save_every=args.save_every, restart=args.restart)
