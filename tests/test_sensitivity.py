@@ -155,6 +155,16 @@ def test_the_sensitive_layer_ranks_first_both_ways(studied):
     assert report.all_float.error < 1e-3 * report.int8.error  # FP32 weights: every layer in float is FP32
 
 
+def test_one_image_of_gain_is_a_tie_broken_by_the_logit_error_removed():
+    int8 = sens.Measurement(score=0.9, error=1.0, agreement=0.9)
+
+    def layer(name, gain, error):
+        return sens.LayerSensitivity(0, name, "activation", "Conv", name, gain, sens.Measurement(0.9, error, 0.9))
+
+    ranked = sens.rank([layer("noise", 0.1, 0.9), layer("error", 0.0, 0.5), layer("real", 0.2, 0.95)], int8, 1000)
+    assert [u.name for u in ranked] == ["real", "error", "noise"] and [u.rank for u in ranked] == [1, 2, 3]
+
+
 def test_worst_layers_names_the_sensitive_one_cheaply(graphs, studied):
     int8, fp32, report, _ = studied
     top = sens.worst_layers(int8, inputs(), fp32=fp32, k=2, threads=1)

@@ -183,7 +183,8 @@ def float_weights(graph: gs.Graph, values: dict[str, np.ndarray]) -> int:
     return changed
 
 
-def with_float_layers(model: onnx.ModelProto, layers: Iterable[Layer], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+def with_float_layers(model: onnx.ModelProto, layers: Iterable[Layer],
+                      weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of `model` with `layers` in float (activation Q/DQ bypassed, weights from `weights`)."""
     layers = list(layers)
     graph = gs.import_onnx(model)  # a new graph: `model` itself is never edited
@@ -369,10 +370,18 @@ def _points(a: float, b: float) -> float:
     return round(100.0 * (a - b), 6)
 
 
-def _rank_key(u: LayerSensitivity, int8: Measurement) -> tuple:
-    """Points recovered first; ties (common: one image is 100/N points) by the logit error removed, then by the
-    points lost alone."""
-    return (-u.gain, -(int8.error - u.float_alone.error), -(u.loss or 0.0))
+def rank(layers: list[LayerSensitivity], int8: Measurement, images: int) -> list[LayerSensitivity]:
+    """Sort by points recovered, a difference of one image counted as a tie (it is within noise: 100/images
+    points), then by the logit error removed, then by the points lost alone; number them from 1."""
+    pair = 200.0 / images  # two images, in points
+
+    def key(u: LayerSensitivity) -> tuple:
+        return (-int(u.gain / pair + 1e-9), -(int8.error - u.float_alone.error), -(u.loss or 0.0))
+
+    out = sorted(layers, key=key)
+    for r, u in enumerate(out, 1):
+        u.rank = r
+    return out
 
 
 def analyze(s: Study, alone_quantized: bool = True, progress: bool = True, data: str = "") -> SensitivityReport:
@@ -382,18 +391,16 @@ def analyze(s: Study, alone_quantized: bool = True, progress: bool = True, data:
     out = []
     bar = tqdm(s.layers, desc="sensitivity", unit="layer", disable=not progress, leave=False)
     for u in bar:
-        bar.set_postfix_str(u.label[-40:])
+        bar.set_postfix_str(u.name[-40:])
         floated = s.evaluator.measure(s.variant([u]))
         item = LayerSensitivity(0, u.name, u.kind, u.op, u.key, _points(floated.score, s.int8.score), floated)
         if alone_quantized:
             item.quantized_alone = s.evaluator.measure(s.variant(s.all_but(u)))
             item.loss = _points(s.all_float.score, item.quantized_alone.score)
         out.append(item)
-    out.sort(key=lambda u: _rank_key(u, s.int8))
-    for rank, u in enumerate(out, 1):
-        u.rank = rank
-    return SensitivityReport(out, s.evaluator.metric(), s.reference_name, s.reference, s.int8, s.all_float,
-                             s.weights_source, s.evaluator.images, s.evaluator.runs - runs0,
+    return SensitivityReport(rank(out, s.int8, s.evaluator.images), s.evaluator.metric(), s.reference_name,
+                             s.reference, s.int8, s.all_float, s.weights_source, s.evaluator.images,
+                             s.evaluator.runs - runs0,
                              round(time.perf_counter() - t0, 3), data)
 
 

@@ -39,7 +39,8 @@ def labelled_batches(data_dir: Path, split: str, images: int, batch_size: int) -
     part = held_out(load_cifar10(data_dir)[split], images)
     batches = [x.numpy() for x, _ in iterate_batches(part, batch_size)]
     where = ("held out from calibration, which reads the first training batches; the model may have trained on them"
-             if split == "train" else "part of the test set the accuracy checks report")
+             if split == "train" else "a slice of the test set: a fallback chosen on it is unbiased only on the "
+                                      "other test images")
     return batches, part.labels.numpy(), (f"{len(part)} CIFAR-10 {split} images from {data_dir}: the last {len(part)} "
                                           f"of a fixed random permutation (seed 0), {where}")
 
@@ -123,7 +124,7 @@ class SensitivityRun:
 
 
 def sensitivity_report(model: onnx.ModelProto, output_dir: Path, fp32: Optional[onnx.ModelProto] = None,
-                       data_dir: Optional[Path] = None, split: str = "train", images: int = 1000,
+                       data_dir: Optional[Path] = None, split: str = "test", images: int = 1000,
                        input_shape: Optional[tuple] = None, batch_size: int = 250, threads: int = 0,
                        budget: Optional[float] = None, fallback_path: Optional[Path] = None,
                        progress: bool = True) -> SensitivityRun:
@@ -163,7 +164,8 @@ def print_run(run: SensitivityRun, top: int = 10) -> None:
     if run.fallback is not None:
         fb = run.fallback
         print(f"fallback: {len(fb.kept)} layers kept in float ({', '.join(fb.kept) or 'none'}): "
-              f"{100 * fb.measurement.score:.2f} vs reference {100 * fb.reference_score:.2f}, budget {fb.budget:g} points, "
+              f"{100 * fb.measurement.score:.2f} vs reference {100 * fb.reference_score:.2f}, "
+              f"budget {fb.budget:g} points, "
               f"{'reached' if fb.reached else 'NOT reached'}")
         e = fb.extra_layers
         print(f"  predicted extra TensorRT layers: {e['reformat_layers']} reformat (unfused Q/DQ), "
