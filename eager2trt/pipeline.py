@@ -13,7 +13,7 @@ result's checks and exit.
 """
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -260,6 +260,8 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
         checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
                                      f"PyTorch INT8 ({engine} engine)"))
     notes = [] if labels is not None else [_accuracy_not_checked(out, "real" if real else "random")]
+    if labels is not None and not checks[-1].passed:
+        checks[-1] = _name_worst_layers(checks[-1], export, load_onnx(paths.fp32_onnx), images, labels)
     for c in checks:
         require(c)
 
@@ -288,6 +290,22 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
                           checks=checks + [c for g in graphs.values() for c in g.checks], accuracy=accuracy,
                           logits={**out, **{g.mode: g.logits for g in graphs.values()}},
                           notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values() if g.refused])
+
+
+GUARD_IMAGES = 500  # labelled images the failing accuracy guard's layer ranking runs on (one run per layer)
+
+
+def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelProto, images: list, labels) -> Check:
+    """The failed accuracy guard, its fix naming the layers that recover most when left alone in float
+    (graph/sensitivity.py, leave-one-out on up to GUARD_IMAGES of the held-out images)."""
+    from .graph.sensitivity import worst_layers
+
+    xs = torch.cat(images)[:GUARD_IMAGES]
+    names = worst_layers(export, [b.numpy() for b in xs.split(250)], np.asarray(labels[:len(xs)]), fp32=fp32, k=3)
+    fix = (f"INT8 loses more accuracy than the budget allows; the layers that recover most when left in float are "
+           f"{', '.join(names)}: try calibration='auto' (or percentile, entropy), eager2trt-sensitivity --fallback on "
+           f"{contract.INT8_ONNX} to keep the fewest layers in float, or QAT (eager2trt.eager.qat)")
+    return replace(check, fix=fix, figures={**check.figures, "worst_layers": names})
 
 
 def _accuracy_not_checked(out: dict, inputs: str) -> str:

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch.ao import quantization as tq
 
-from eager2trt.checks.compare import equivalence, ort_logits, ort_session, random_batches
+from eager2trt.runtime.backends import ort_session
+from eager2trt.runtime.inputs import random_batches
+from graph_checks import onnx_logits, ort_equivalence as equivalence
 from eager2trt.eager import qat
 from eager2trt.eager.data import Split
 from eager2trt.eager.export import export_onnx
@@ -65,12 +67,12 @@ def test_qat_model_exports_and_passes_the_exact_surgery(trained, tmp_path):
     original = onnx.load(str(path))
     ready, report = make_tensorrt_ready(original)
     assert report["rewrites"]["int8_zero_points"] > 0 and passed(lint(ready))
-    eq = equivalence(original, ready, random_batches(n=2, shape=(4, 3, 32, 32)))
-    assert eq["ok"], eq
+    eq = equivalence(original, ready, random_batches((4, 3, 32, 32), 2))
+    assert eq.passed, eq
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():  # the graph computes what the QAT INT8 model computes (qnnpack is faithful to it)
         eager = int8(x)
-    graph = torch.from_numpy(ort_logits(ort_session(ready), [x.numpy()]))
+    graph = torch.from_numpy(onnx_logits(ready, [x.numpy()]))
     assert (graph.argmax(1) == eager.argmax(1)).float().mean() >= 0.75
 
 

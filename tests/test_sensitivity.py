@@ -21,7 +21,7 @@ from eager2trt.graph import fallback as fb
 from eager2trt.graph import sensitivity as sens
 from eager2trt.graph.lint import lint, passed
 from eager2trt.graph.surgery import make_tensorrt_ready
-from eager2trt.checks.compare import equivalence
+from graph_checks import ort_equivalence as equivalence
 
 SHAPE = (3, 32, 32)  # quantize() checks the converted model on one 32x32 image
 OUTLIER = 1000.0
@@ -113,8 +113,8 @@ def test_rewrites_count_their_changes_and_all_float_has_no_qdq(graphs):
     floated = sens.with_float_layers(model, layers, values)
     # dequantized weights compute what DequantizeLinear computes: weights alone in float change nothing
     weights_only = sens.with_float_layers(model, [u for u in layers if u.kind == "weight"], values)
-    assert equivalence(model, weights_only, inputs(64), atol=1e-5)["ok"]
-    assert not equivalence(model, floated, inputs(64), atol=1e-3)["ok"]
+    assert equivalence(model, weights_only, inputs(64), atol=1e-5).passed
+    assert not equivalence(model, floated, inputs(64), atol=1e-3).passed
 
 
 def test_fp32_weights_are_matched_by_shape_and_value_not_by_name(graphs):

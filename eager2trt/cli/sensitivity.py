@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import contract
 from ..artifacts import ensure_writable_dir, output_lock
-from ..checks.compare import input_shape
+from ..runtime.inputs import onnx_input_shape as input_shape
 from ..checks.result import require
 from ..errors import PipelineError, require_choice, require_float, require_int, run_cli
 from ..graph.onnx_utils import is_quantized, load_onnx

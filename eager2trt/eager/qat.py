@@ -21,8 +21,9 @@ from torch.ao.nn.intrinsic import qat as nniqat
 
 from ..errors import PipelineError, require_int
 from .data import Split
-from .engines import DEFAULT_ENGINE, select_engine
-from .quantize import _check_runs, qconfig
+from .engines import DEFAULT_ENGINE, candidate_engines
+from .quantize import _cannot_run, _run_failure, qconfig
+from .quiet import quantized_api
 from .train import History, Recipe, train
 
 # Fine-tuning a converged model: 1% of the reference's from-scratch rate (0.1), constant (no milestones); the
@@ -62,15 +63,17 @@ def _activation_fake_quants(model: torch.nn.Module) -> list[tq.FakeQuantizeBase]
             and not name.endswith("weight_fake_quant")]
 
 
-def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Set the activation ranges from `batches` as PTQ does, then fix them for training; returns the batch count."""
+def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Set the activation ranges from `batches` as PTQ does, then fix them for training; returns one image of them
+    (for the run check after conversion)."""
     model.eval()  # BatchNorm uses its running statistics, as in inference
     model.apply(tq.disable_fake_quant)
     model.apply(tq.enable_observer)
-    count = 0
+    count, example = 0, None
     with torch.no_grad():
         for x in batches:
             model(x.cpu())
+            example = x[:1].cpu() if example is None else example
             count += 1
     if not count:
         raise PipelineError("no calibration batches were given; pass at least one batch of real inputs")
@@ -78,18 +81,25 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
     for fq in _activation_fake_quants(model):
         fq.disable_observer()
     model.apply(nniqat.freeze_bn_stats)
-    return count
+    return example
 
 
-def convert(model: torch.nn.Module, activation_dtype: str = "quint8", engine: str = DEFAULT_ENGINE) -> torch.nn.Module:
-    """The INT8 eager model (quantized modules, BatchNorm folded), as eager/quantize.py's quantize returns."""
-    engine = select_engine(engine)
-    model = copy.deepcopy(model).cpu().eval()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="must run observer before calling calculate_qparams")
-        tq.convert(model, inplace=True)
-    _check_runs(model, activation_dtype, engine)
-    return model
+def convert(model: torch.nn.Module, example: torch.Tensor, activation_dtype: str = "quint8",
+            engine: str = DEFAULT_ENGINE) -> torch.nn.Module:
+    """The INT8 eager model (quantized modules, BatchNorm folded), as eager/quantize.py's quantize returns: converted
+    for the first faithful engine that runs it on `example`."""
+    failures = []
+    for name in candidate_engines(engine):
+        torch.backends.quantized.engine = name
+        int8 = copy.deepcopy(model).cpu().eval()
+        with warnings.catch_warnings(), quantized_api():
+            warnings.filterwarnings("ignore", message="must run observer before calling calculate_qparams")
+            tq.convert(int8, inplace=True)
+            failure = _run_failure(int8, example)
+        if failure is None:
+            return int8
+        failures.append(f"the {name} engine cannot run this model ({failure})")
+    raise PipelineError(_cannot_run(failures, activation_dtype))
 
 
 def quantize_qat(fp32: torch.nn.Module, calib_batches: Iterable[torch.Tensor], train_split: Split,
@@ -104,6 +114,6 @@ def quantize_qat(fp32: torch.nn.Module, calib_batches: Iterable[torch.Tensor], t
     require_int("epochs", epochs)
     recipe = replace(recipe, epochs=epochs) if recipe is not None else qat_recipe(epochs)
     model = prepare(fp32, activation_dtype, calibration)
-    calibrate(model, calib_batches)
+    example = calibrate(model, calib_batches)
     history = train(model, train_split, test_split, recipe, device=device)
-    return convert(model, activation_dtype, engine), history
+    return convert(model, example, activation_dtype, engine), history
