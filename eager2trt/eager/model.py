@@ -57,6 +57,7 @@ def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
                             f"re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    refuse_non_finite(state, f"checkpoint {path}")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -65,6 +66,28 @@ def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
         raise PipelineError(f"checkpoint {path} does not fit {arch} with {num_classes(model)} classes "
                             f"({detail[:160]}); pass --arch and a checkpoint that match") from None
     return model
+
+
+def non_finite_tensors(named) -> list[tuple[str, int]]:
+    """(name, count) of the floating-point tensors among `named` (name -> tensor) holding NaN or inf values."""
+    bad = []
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_meta:
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                bad.append((name, n))
+    return bad
+
+
+def refuse_non_finite(state, what: str) -> None:
+    """Raise naming the tensors when a state_dict (or a module's parameters and buffers) holds NaN or inf: such
+    a model computes NaN, which every later check would misreport (e.g. as "not fusable")."""
+    named = state.items() if isinstance(state, dict) else [*state.named_parameters(), *state.named_buffers()]
+    bad = non_finite_tensors(named)
+    if bad:
+        names = ", ".join(f"{n} ({c} values)" for n, c in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise PipelineError(f"{what} holds weights that are not finite (NaN or inf in {names}); the training that "
+                            f"wrote it diverged: use an earlier checkpoint or retrain with a lower learning rate")
 
 
 def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
@@ -80,6 +103,9 @@ def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
     x = torch.randn(num_checks, *input_shape, generator=gen)
     with torch.no_grad():
         ref, out = model(x), fused(x)
+    if not torch.isfinite(ref).all():
+        raise PipelineError("the model computes values that are not finite (NaN or inf) on random inputs, before "
+                            "fusion; check its weights (eager2trt.inputs.check_model names the tensors)")
     max_abs = (ref - out).abs().max().item()
     if not torch.allclose(out, ref, rtol=FUSE_RTOL, atol=FUSE_ATOL):
         raise PipelineError(f"fused model deviates from the unfused one by up to {max_abs:.3g} "
