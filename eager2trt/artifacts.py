@@ -306,10 +306,16 @@ def fresh_run(output_dir: Path, names: Iterable[str]) -> Iterator[Optional[Path]
                     os.replace(d / n, aside / n)
             print(f"notice: moved the earlier run's artifacts in {d} to {aside}; they are deleted when this run "
                   f"completes", file=sys.stderr)
-        write_json(marker, {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        started = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json(marker, started)
     except OSError as exc:
         raise _os_error(d, exc) from None
-    yield aside if aside.is_dir() else None
+    try:
+        yield aside if aside.is_dir() else None
+    except BaseException:  # Ctrl-C included; a long-lived process (a notebook) keeps its pid, so say it
+        with contextlib.suppress(PipelineError, OSError):
+            write_json(marker, {**started, "interrupted": True})
+        raise
     marker.unlink(missing_ok=True)
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -321,10 +327,10 @@ def check_complete(output_dir: Path) -> None:
         return
     try:
         info = json.loads(marker.read_text())
-        pid, started = int(info["pid"]), str(info["started"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pid, started = -1, "at an unknown time"
-    if pid > 0 and _alive(pid):
+        pid, started, interrupted = int(info["pid"]), str(info["started"]), bool(info.get("interrupted"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pid, started, interrupted = -1, "at an unknown time", True
+    if not interrupted and pid > 0 and _alive(pid):
         raise PipelineError(f"{output_dir} is being written by a run in progress (process {pid}); wait for it "
                             f"to finish")
     aside = Path(output_dir) / PREVIOUS_RUN

@@ -5,6 +5,7 @@ a caller of `quantize_to_tensorrt` has no flags. The pipeline calls `check_pipel
 """
 
 import itertools
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Optional
 
@@ -193,3 +194,45 @@ def check_pipeline_arguments(fp32, calibration_batches, config=None, check_input
     agreement = None if agreement_inputs is None else list(check_batches(agreement_inputs, "agreement_inputs",
                                                                          fp32, chw))
     return calibration, checks, agreement
+
+
+# --- the main job (scripts/run_pipeline.sh): quantize a checkpoint or train, said aloud ----------------------
+# These name the script's settings and resnet_torch.py's flags on purpose: they decide for the script.
+
+TRAINING_FLAGS = ("--epochs", "--lr", "--momentum", "--weight-decay", "--milestones", "--train-subset",
+                  "--save-every", "--restart", "--no-fast", "--compile-mode", "--seed")
+
+
+def pipeline_model_source(checkpoint, train: bool, flags: list) -> tuple[str, str]:
+    """("checkpoint" or "train", a notice to print) for the main job; raises when training options are given but
+    the checkpoint would be quantized (they would be ignored without a word)."""
+    from pathlib import Path
+
+    checkpoint = Path(checkpoint)
+    if train:
+        return "train", f"note: TRAIN=1: training from scratch ({checkpoint} is not used)"
+    given = [f.split("=")[0] for f in flags if str(f).split("=")[0] in TRAINING_FLAGS]
+    if checkpoint.is_file():
+        if given:
+            raise PipelineError(f"training options {', '.join(dict.fromkeys(given))} were given, but {checkpoint} "
+                                f"exists and will be quantized and nothing trained; set TRAIN=1 to train from "
+                                f"scratch, or leave the options out")
+        return "checkpoint", f"note: quantizing {checkpoint} (TRAIN=1 trains from scratch instead)"
+    return "train", (f"note: no checkpoint at {checkpoint}: training from scratch (set CHECKPOINT to quantize an "
+                     f"existing one, e.g. saved_models/resnet_cifar10.pt)")
+
+
+def _main(argv: list) -> None:
+    """`python -m eager2trt.inputs model-source CHECKPOINT TRAIN [resnet_torch.py flags...]`: print the main job's
+    model source ("checkpoint" or "train") on stdout and its notice on stderr, or stop with the sentence (exit 2)."""
+    if len(argv) < 3 or argv[0] != "model-source" or argv[2] not in ("0", "1"):
+        raise PipelineError("usage: python -m eager2trt.inputs model-source CHECKPOINT TRAIN(0|1) [flags...]")
+    source, notice = pipeline_model_source(argv[1], argv[2] == "1", argv[3:])
+    print(notice, file=sys.stderr)
+    print(source)
+
+
+if __name__ == "__main__":
+    from .errors import run_cli
+
+    run_cli(lambda: _main(sys.argv[1:]))

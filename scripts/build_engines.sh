@@ -54,8 +54,8 @@ case ":${EAGER2TRT_LOCKED_DIRS:-}:" in
 esac
 # Temporary files: unique names (mktemp) in the output folder, in the pattern .<name>.<pid>.<8 chars>.tmp that
 # the Python tools recognise, so a later write there removes what a killed build left; ours go on any exit.
-temps=()
-cleanup() { [ ${#temps[@]} -eq 0 ] || rm -f "${temps[@]}"; }
+# Cleanup goes by that pattern and this shell's pid, so a signal between mktemp and any bookkeeping leaks nothing.
+cleanup() { rm -f "$OUT"/.*."$$".????????.tmp; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -91,9 +91,7 @@ build() {  # name onnx [precision flags...]
   local engine="$OUT/resnet_cifar10_${name}.engine" info="$OUT/resnet_cifar10_${name}_layer_info.json"
   local profile="$OUT/resnet_cifar10_${name}_profile.json" log="$OUT/resnet_cifar10_${name}_build.log"
   local tmp tmp_info tmp_profile
-  # temp_for runs in a command substitution (a subshell), so the names are registered for cleanup here
   tmp=$(temp_for "$engine"); tmp_info=$(temp_for "$info"); tmp_profile=$(temp_for "$profile")
-  temps+=("$tmp" "$tmp_info" "$tmp_profile")
   echo "building $engine from $onnx"
   if trtexec --onnx="$onnx" --saveEngine="$tmp" "${shape_flags[@]}" "$@" "${profile_flags[@]}" \
       --exportLayerInfo="$tmp_info" --exportProfile="$tmp_profile" --verbose > "$log" 2>&1; then
