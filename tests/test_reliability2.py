@@ -138,8 +138,9 @@ def other_torchscript(tmp_path_factory):
 def classifier_graph(batch="batch", n_inputs=1, dtype=TensorProto.FLOAT, out_dtype=None, classes=10):
     """input [batch, 3, 8, 8] -> GlobalAveragePool -> Flatten -> Gemm -> output [batch, classes] (onnx.helper)."""
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((classes, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(np.zeros(classes, np.float32), "b")
+    weight_type = {TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}.get(dtype, np.float32)
+    w = numpy_helper.from_array(rng.standard_normal((classes, 3)).astype(weight_type), "w")
+    b = numpy_helper.from_array(np.zeros(classes, weight_type), "b")
     nodes = [helper.make_node("GlobalAveragePool", ["input"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
              helper.make_node("Gemm", ["f", "w", "b"], ["output"], transB=1)]
     ins = [helper.make_tensor_value_info("input", dtype, [batch, 3, 8, 8])]
@@ -897,18 +898,25 @@ def test_an_interrupted_run_never_mixes_with_the_earlier_one(tmp_path):
     assert (out / "metrics.json").read_text() == "new metrics.json"
 
 
-@lead("cli/quantize.py run_stages() and pipeline.py: wrap the writes in artifacts.fresh_run(output_dir, "
-      "[every contract artifact name the run writes]); readers (cli/surgery.py, cli/validate.py) call "
-      "artifacts.check_complete(folder) first")
-def test_an_interrupted_pipeline_run_leaves_no_mix(tmp_path):
-    from eager2trt.pipeline import quantize_to_tensorrt
+@lead("pipeline.py quantize_to_tensorrt(): wrap every write in `with artifacts.fresh_run(output_dir, "
+      "[the contract names it writes] + [contract.METRICS]):`; cli/surgery.py and cli/validate.py call "
+      "artifacts.check_complete(folder of --input / --metrics) in validate()")
+def test_an_interrupted_pipeline_run_leaves_no_mix(tmp_path, monkeypatch):
+    from eager2trt import pipeline
 
     out = tmp_path / "out"
     earlier_run(out)
-    with pytest.raises(PipelineError):  # fails after its first exports (wrong agreement input shape)
-        quantize_to_tensorrt(TinyNet(), batches(), out, agreement_inputs=[torch.randn(2, 3, 16, 16)])
-    kept = {p.name: p.read_text() for p in out.iterdir() if p.name in RUN_NAMES}
-    assert kept in ({n: f"earlier {n}" for n in RUN_NAMES}, {})
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the third artifact is written, after two new exports
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "export_torchscript", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.quantize_to_tensorrt(TinyNet(), batches(), out, agreement_inputs=batches(1))
+    assert (out / "resnet_cifar10.onnx").read_bytes()[:5] != b"earli"  # the new export is there
+    assert not [p.name for p in out.iterdir() if p.is_file() and p.read_bytes().startswith(b"earlier")]
+    with pytest.raises(PipelineError, match="holds the partial artifacts of a run"):
+        check_complete(out)
 
 
 # ------------------------------------------------------------------ 6. the main job's model source
