@@ -96,8 +96,8 @@ build() {  # name onnx [precision flags...]
   if trtexec --onnx="$onnx" --saveEngine="$tmp" "${shape_flags[@]}" "$@" "${profile_flags[@]}" \
       --exportLayerInfo="$tmp_info" --exportProfile="$tmp_profile" --verbose > "$log" 2>&1; then
     if [ ! -s "$tmp" ]; then
-      echo "error: trtexec exited 0 for $onnx but wrote an empty engine; $log says why (its last lines:)" >&2
       tail -n 15 "$log" >&2
+      echo "error: trtexec exited 0 for $onnx but wrote an empty engine; $log (its last lines above) says why" >&2
       exit 1
     fi
     # rename only complete files into place, the engine last; an older layer info or profile never stays beside
@@ -109,8 +109,8 @@ build() {  # name onnx [precision flags...]
     grep -E "Throughput|Latency: min|GPU Compute Time: min" "$log" || true
     [ ! -f "$info" ] || layer_infos+=("$info")
   else
-    echo "error: trtexec failed for $onnx; the last lines of $log say why:" >&2
     tail -n 15 "$log" >&2
+    echo "error: trtexec failed for $onnx; its log $log (last lines above) says why" >&2
     exit 1
   fi
 }

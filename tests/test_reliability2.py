@@ -518,10 +518,11 @@ def qdq_without_zero_points():
 def test_a_quantize_without_zero_point_is_refused_before_the_rewrite():
     from eager2trt.graph.surgery import make_tensorrt_ready
 
-    with pytest.raises(PipelineError, match=r"QuantizeLinear quant has no zero point, which ONNX reads as uint8 "
-                                            r"zero point 0: asymmetric.*torch.per_tensor_symmetric"):
+    with pytest.raises(PipelineError, match=r"^quant \(QuantizeLinear\), dequant \(DequantizeLinear\) have no zero "
+                                            r"point, which ONNX reads as uint8 zero point 0: asymmetric.*"
+                                            r"torch.per_tensor_symmetric"):
         refuse_missing_zero_points(qdq_without_zero_points())
-    with pytest.raises(PipelineError, match="QuantizeLinear quant has no zero point"):
+    with raises("quant (QuantizeLinear), dequant (DequantizeLinear) have no zero point"):
         make_tensorrt_ready(qdq_without_zero_points())
     refuse_missing_zero_points(conv_graph())
 
@@ -531,7 +532,7 @@ def test_onnx_gs_refuses_a_graph_without_zero_points(tmp_path, flags, capsys):
     src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(qdq_without_zero_points(), str(src))
     proc = cli(capsys, "onnx_gs.py", "--input", src, "--output", out, "--metrics", tmp_path / "m.json", *flags)
-    assert_one_sentence(proc, "QuantizeLinear quant has no zero point")
+    assert_one_sentence(proc, "quant (QuantizeLinear), dequant (DequantizeLinear) have no zero point")
     assert "InferenceError" not in proc.stderr and not out.exists()
 
 
@@ -998,3 +999,101 @@ def test_resnet_tensorrt_holds_the_same_model_to_its_agreement(cifar10, tiny_run
         "int8_vs_onnx_agreement": {"argmax_agreement": 0.9954, "samples": 10_000}}}))
     proc = cli(capsys, "resnet_tensorrt.py", "--onnx", graph, "--data-dir", DATA_DIR, "--metrics", metrics_file)
     assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr[-500:]
+
+
+# ------------------------------------------------------------------ found by the closing sweep (not in the issue)
+
+def test_numbered_class_folders_sorted_as_text_are_refused(tmp_path):
+    root = make_image_folder(tmp_path / "data", names=[str(i) for i in range(1, 11)])
+    with raises("are numbers sorted as text (1, 10, 2, 3, ...), so folder 10 would take label 1"):
+        load_cifar10(root, cache_dir=None, strict=False)
+    load_cifar10(make_image_folder(tmp_path / "ok", names=[str(i) for i in range(10)]), cache_dir=None, strict=False)
+
+
+def test_a_folder_where_the_cache_file_goes_costs_only_time(tmp_path):
+    from eager2trt.eager import data
+
+    root, cache = make_image_folder(tmp_path / "data"), tmp_path / "cache"
+    classes = data._check_class_names(root)
+    listing = {s: data._image_folder_files(root, s, classes) for s in data.CIFAR10_COUNTS}
+    data._cache_path(root, cache, classes, listing).mkdir(parents=True)
+    assert load_cifar10(root, cache_dir=cache, strict=False)["test"].labels.tolist() == list(range(10))
+
+
+def test_a_dequantize_without_zero_point_reading_uint8_is_refused(tmp_path, capsys):
+    model = conv_graph(with_cast=False)
+    for node in model.graph.node:
+        if node.name == "dequant":
+            del node.input[2:]  # reads the zero-point-128 Q output as if its zero point were 0
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(src))
+    proc = cli(capsys, "onnx_gs.py", "--input", src, "--output", out, "--no-verify", "--metrics", tmp_path / "m.json")
+    assert_one_sentence(proc, "dequant (DequantizeLinear) has no zero point")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["onnx_gs.py", "fp16", "layer_info"])
+def test_a_directory_given_as_an_input_file_is_named(tmp_path, capsys, command):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    args = {"onnx_gs.py": ["--input", folder, "--output", tmp_path / "o.onnx", "--metrics", tmp_path / "m.json"],
+            "fp16": ["--input", folder, "--output", tmp_path / "o.onnx"], "layer_info": [folder]}[command]
+    assert_one_sentence(cli(capsys, command, *args), f"{folder} is a directory")
+
+
+def test_layer_kinds_are_read_from_the_kernel_family_without_parameter_type(tmp_path):
+    from eager2trt.runtime.layer_info import summarize
+
+    path = tmp_path / "info.json"
+    path.write_text(json.dumps({"Layers": [{"Name": "c", "LayerType": "CaskConvolution"},
+                                           {"Name": "p", "LayerType": "PointWiseV2"},
+                                           {"Name": "d", "LayerType": "CaskDeconvolution"}]}))
+    s = summarize(path)
+    assert (s.convolutions, s.pointwise) == (1, 1)
+
+
+@pytest.mark.parametrize("what,fragment", [
+    ("torchscript", "is a TorchScript model (e.g. the INT8 export resnet_quantized_cifar10.pt), not an FP32 state_dict"),
+    ("directory", "is a directory; pass the path of a saved FP32 state_dict"),
+])
+def test_load_state_dict_says_what_the_checkpoint_is(tmp_path, tiny_run, what, fragment):
+    from eager2trt.eager.model import load_state_dict
+
+    path = tiny_run / "resnet_quantized_cifar10.pt" if what == "torchscript" else tmp_path
+    with raises(f"checkpoint {path} {fragment}", start=True):
+        load_state_dict(TinyNet(), path, "tiny")
+
+
+def test_a_data_parallel_checkpoint_loads_with_a_notice(tmp_path, capsys):
+    from eager2trt.eager.model import load_state_dict
+
+    model = TinyNet()
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "dp.pt")
+    loaded = load_state_dict(TinyNet(), tmp_path / "dp.pt", "tiny")
+    assert torch.equal(loaded.fc.weight, model.fc.weight)
+    assert "saved from a DataParallel wrapper" in capsys.readouterr().err
+
+
+def test_a_model_returning_a_tuple_is_one_sentence():
+    from eager2trt.eager.model import fuse
+
+    class TupleNet(TinyNet):
+        def forward(self, x):
+            out = super().forward(x)
+            return out, out
+
+    with raises("the model returns a tuple, not one logits tensor", start=True):
+        fuse(TupleNet())
+
+
+@pytest.mark.parametrize("failure,fragment", [
+    ('echo "[E] parse error" >&2; exit 1', "error: trtexec failed for"),
+    ("exit 0", "error: trtexec exited 0 for"),
+])
+def test_a_failed_engine_build_ends_in_its_sentence(slow_trtexec, failure, fragment):
+    out, env = slow_trtexec
+    (Path(env["PATH"].split(os.pathsep)[0]) / "trtexec").write_text(SLOW_TRTEXEC.replace(': > "$engine"', failure))
+    build = build_engines({**env, "PYTHON": "true"})
+    _, err = build.communicate(timeout=60)
+    assert build.returncode == 1 and err.strip().splitlines()[-1].startswith(fragment)
+    assert not list(out.glob("*.engine")) and not list(out.glob(".*.tmp"))

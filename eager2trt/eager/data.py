@@ -5,6 +5,7 @@ image folder (`train/<class>/*.png`, `test/<class>/*.png`, sorted folder names =
 Decoding 60,000 PNGs costs tens of seconds, so the arrays are cached as one .npz file.
 """
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -98,6 +99,11 @@ def _check_class_names(root: Path) -> list[str]:
         raise PipelineError(f"class folders of {root / 'train'} and {root / 'test'} differ (only in train: "
                             f"{only_train}; only in test: {only_test}), so labels would not line up; give both "
                             f"splits the same class folder names")
+    numbers = [int(n) for n in train if n.isdecimal()]
+    if len(numbers) == len(train) and sorted(numbers) != [int(n) for n in train]:
+        raise PipelineError(f"the class folders of {root / 'train'} are numbers sorted as text ({', '.join(train[:4])}, "
+                            f"...), so folder {train[1]} would take label 1; the sorted folder names are the label "
+                            f"order, so rename them with leading zeros (e.g. {int(train[0]):02d}, {int(train[1]):02d})")
     if len(train) != NUM_CLASSES:
         raise PipelineError(f"{root / 'train'} and {root / 'test'} hold {len(train)} class folders "
                             f"({', '.join(train[:12]) or 'none'}), not CIFAR-10's {NUM_CLASSES}; the sorted folder "
@@ -228,7 +234,7 @@ def _load_splits(root: Path, download: bool, cache_dir: Optional[Path], strict: 
     classes = _check_class_names(root)
     listing = {s: _image_folder_files(root, s, classes) for s in CIFAR10_COUNTS}
     cache = _cache_path(root, Path(cache_dir), classes, listing) if cache_dir else None
-    if cache and cache.exists():
+    if cache and cache.is_file():
         splits = _read_cache(cache, root, strict)
         if splits is not None:
             return splits
@@ -256,7 +262,8 @@ def _read_cache(cache: Path, root: Path, strict: bool) -> Optional[dict[str, Spl
         reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
         print(f"notice: discarding the decoded-data cache {cache} ({reason}); decoding the images again",
               file=sys.stderr)
-        cache.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another user's cache, or a read-only cache folder
+            cache.unlink(missing_ok=True)
         return None
 
 

@@ -1,11 +1,13 @@
 """One model definition (torchvision's quantizable classifiers), its checkpoints and its fusion."""
 
 import copy
+import sys
+from pathlib import Path
 
 import torch
 from torchvision.models import quantization as qmodels
 
-from ..contract import FUSE_ATOL, FUSE_RTOL, IMAGE_SHAPE  # the reference's fused-vs-unfused check
+from ..contract import FP32_STATE, FUSE_ATOL, FUSE_RTOL, IMAGE_SHAPE, INT8_TORCHSCRIPT  # the reference's fused-vs-unfused check
 from ..errors import PipelineError, require_choice
 
 ARCHS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v2_cifar")
@@ -48,15 +50,23 @@ def variance_preserving_init(model: torch.nn.Module) -> torch.nn.Module:
 
 def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
     """Load an FP32 state_dict (or a training checkpoint holding one) into `model`, in place."""
+    if Path(path).is_dir():
+        raise PipelineError(f"checkpoint {path} is a directory; pass the path of a saved FP32 state_dict (e.g. "
+                            f"{Path(path) / FP32_STATE})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"checkpoint {path} does not exist; pass the path of a saved FP32 state_dict") from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        if _is_torchscript(path):
+            raise PipelineError(f"checkpoint {path} is a TorchScript model (e.g. the INT8 export "
+                                f"{INT8_TORCHSCRIPT}), not an FP32 state_dict; pass the FP32 weights, e.g. "
+                                f"{FP32_STATE}") from None
         raise PipelineError(f"checkpoint {path} is not a readable PyTorch state_dict ({type(exc).__name__}); "
                             f"re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    state = _strip_data_parallel(state, path)
     refuse_non_finite(state, f"checkpoint {path}")
     try:
         model.load_state_dict(state)
@@ -66,6 +76,27 @@ def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
         raise PipelineError(f"checkpoint {path} does not fit {arch} with {num_classes(model)} classes "
                             f"({detail[:160]}); pass --arch and a checkpoint that match") from None
     return model
+
+
+def _is_torchscript(path) -> bool:
+    """A TorchScript archive is a zip holding <name>/code/ (a state_dict's zip holds data.pkl and data/ only)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _strip_data_parallel(state, path):
+    """A state_dict saved from DataParallel/DistributedDataParallel prefixes every key with "module."; the
+    weights are the model's own, so the prefix is dropped (said aloud)."""
+    if isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        print(f"note: {path} was saved from a DataParallel wrapper; reading its keys without the 'module.' prefix",
+              file=sys.stderr)
+        return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
 def non_finite_tensors(named) -> list[tuple[str, int]]:
@@ -103,6 +134,9 @@ def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
     x = torch.randn(num_checks, *input_shape, generator=gen)
     with torch.no_grad():
         ref, out = model(x), fused(x)
+    if not isinstance(ref, torch.Tensor):
+        raise PipelineError(f"the model returns a {type(ref).__name__}, not one logits tensor; wrap it so that "
+                            f"forward() returns the classifier's logits only")
     if not torch.isfinite(ref).all():
         raise PipelineError("the model computes values that are not finite (NaN or inf) on random inputs, before "
                             "fusion; check its weights (eager2trt.inputs.check_model names the tensors)")

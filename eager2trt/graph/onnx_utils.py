@@ -17,6 +17,8 @@ from .ops import QDQ
 def load_onnx(path: Path) -> onnx.ModelProto:
     """Load and check an ONNX file, turning every failure into one sentence."""
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{path} is a directory, not an ONNX file; pass the path of the .onnx file inside it")
     if not path.is_file():
         raise PipelineError(f"{path} does not exist; run resnet_torch.py first, or pass the path of an existing ONNX file")
     try:
@@ -147,13 +149,37 @@ def quantize_without_zero_point(model: onnx.ModelProto) -> list:
     return [n for n in model.graph.node if n.op_type == "QuantizeLinear" and (len(n.input) < 3 or not n.input[2])]
 
 
+def _uint8_tensors(model: onnx.ModelProto) -> set:
+    """Names of tensors known to be uint8: QuantizeLinear outputs with a uint8 or no zero point, Casts to uint8,
+    uint8 initializers and Constants."""
+    g = model.graph
+    uint8 = {t.name for t in g.initializer if t.data_type == onnx.TensorProto.UINT8}
+    uint8 |= {n.output[0] for n in g.node if n.op_type == "Constant" and n.attribute
+              and n.attribute[0].t.data_type == onnx.TensorProto.UINT8}
+    for n in g.node:  # graph order is topological for exported models; Q zero points precede their Q
+        if n.op_type == "QuantizeLinear" and (len(n.input) < 3 or not n.input[2] or n.input[2] in uint8):
+            uint8.add(n.output[0])
+        if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.UINT8 for a in n.attribute):
+            uint8.add(n.output[0])
+    return uint8
+
+
+def dequantize_without_zero_point(model: onnx.ModelProto) -> list:
+    """DequantizeLinear nodes without a zero point reading uint8 data: ONNX then subtracts 0, not 128."""
+    uint8 = _uint8_tensors(model)
+    return [n for n in model.graph.node if n.op_type == "DequantizeLinear" and (len(n.input) < 3 or not n.input[2])
+            and n.input[0] in uint8]
+
+
 def refuse_missing_zero_points(model: onnx.ModelProto) -> None:
-    """Stop before any rewrite on QuantizeLinear nodes without a zero point, which no exact rewrite maps to
-    TensorRT's symmetric int8 (zero point 0 at mid-range, not at the bottom)."""
-    bad = quantize_without_zero_point(model)
+    """Stop before any rewrite on QuantizeLinear nodes without a zero point, and DequantizeLinear nodes without one
+    that read uint8 data: both mean uint8 zero point 0, which no exact rewrite maps to TensorRT's symmetric int8
+    (zero point 0 at mid-range, not at the bottom)."""
+    bad = quantize_without_zero_point(model) + dequantize_without_zero_point(model)
     if bad:
-        names = ", ".join(n.name or n.output[0] for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise PipelineError(f"QuantizeLinear {names} {'has' if len(bad) == 1 else 'have'} no zero point, which "
+        names = ", ".join(f"{n.name or n.output[0]} ({n.op_type})" for n in bad[:5]) + \
+            (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise PipelineError(f"{names} {'has' if len(bad) == 1 else 'have'} no zero point, which "
                             f"ONNX reads as uint8 zero point 0: asymmetric, which TensorRT's symmetric int8 cannot "
                             f"represent exactly; export with torch.per_tensor_symmetric activations (quint8 zero "
                             f"point 128 or qint8 zero point 0)")

@@ -78,6 +78,9 @@ def _check_io(path: Path, data: dict) -> None:
 def load_layer_info(path: Path) -> dict:
     """The parsed JSON, checked to be an engine inspector's layer list, or one sentence saying why not."""
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"layer info {path} is a directory; pass the JSON file trtexec --exportLayerInfo wrote "
+                            f"(e.g. resnet_cifar10_int8_layer_info.json inside it)")
     if not path.is_file():
         raise PipelineError(f"layer info {path} does not exist; scripts/build_engines.sh writes it next to each "
                             f"engine (trtexec --exportLayerInfo)")
@@ -104,8 +107,12 @@ def load_layer_info(path: Path) -> dict:
 
 
 def layer_kind(layer: dict) -> str:
-    """The operation a layer runs: ParameterType, else LayerType (as TensorRT Engine Explorer does)."""
-    return layer.get("ParameterType") or layer.get("LayerType", "")
+    """The operation a layer runs: ParameterType, else LayerType (as TensorRT Engine Explorer does), its kernel
+    family (CaskConvolution, PointWiseV2) read as the operation it names."""
+    if layer.get("ParameterType"):
+        return layer["ParameterType"]
+    kind = layer.get("LayerType", "")  # kernel families: CaskConvolution, PointWiseV2, ...
+    return next((k for k in (CONVOLUTION, *POINTWISE) if kind.endswith(k) or kind.startswith(k)), kind)
 
 
 def tensor_type(tensor: dict) -> str | None:
