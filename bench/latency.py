@@ -25,6 +25,34 @@ from eager2trt.pipeline import quantize_to_tensorrt
 from eager2trt.runtime.timing import environment, measure, thread_sweep
 
 
+DEFAULT_ENGINES = (contract.FP16_ENGINE, contract.INT8_ENGINE, contract.INT8_FAST_ENGINE)
+
+
+def check_engines(given) -> list:
+    """The engines to time: each given one must be a non-empty file; of the defaults, those that exist
+    (a missing default is said aloud, an empty one is an error: a build was interrupted)."""
+    if given is None:
+        engines = []
+        for path in (contract.OUTPUT_DIR / name for name in DEFAULT_ENGINES):
+            if path.exists():
+                engines.append(path)
+            else:
+                print(f"note: {path} does not exist (scripts/build_engines.sh builds it); not timed")
+    else:
+        engines = list(given)
+        for path in engines:
+            if not path.exists():
+                raise PipelineError(f"engine {path} (--engines) does not exist; build it with "
+                                    f"scripts/build_engines.sh, or leave it out of --engines")
+    for path in engines:
+        if not path.is_file():
+            raise PipelineError(f"engine {path} (--engines) is not a file; pass serialized engine files")
+        if path.stat().st_size == 0:
+            raise PipelineError(f"engine {path} is empty (0 bytes), e.g. from an interrupted build; rebuild it with "
+                                f"scripts/build_engines.sh, or leave it out of --engines")
+    return engines
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=contract.OUTPUT_DIR / contract.FP32_STATE,
@@ -35,10 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=contract.OUTPUT_DIR, help="where benchmark.{json,md,png} go")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128], help="batch sizes to time")
     p.add_argument("--runs", type=int, default=200, help="timed runs per figure at batch 1 (fewer for large batches)")
-    p.add_argument("--engines", type=Path, nargs="*", default=[contract.OUTPUT_DIR / contract.FP16_ENGINE,
-                                                               contract.OUTPUT_DIR / contract.INT8_ENGINE,
-                                                               contract.OUTPUT_DIR / contract.INT8_FAST_ENGINE],
-                   help="TensorRT engines to time where tensorrt and a GPU are present")
+    p.add_argument("--engines", type=Path, nargs="*", default=None,
+                   help="TensorRT engines to time where tensorrt and a GPU are present (default: those of "
+                        f"{', '.join(DEFAULT_ENGINES)} in {contract.OUTPUT_DIR} that exist)")
     return p
 
 
@@ -130,17 +157,22 @@ def cuda_rows(fp32: torch.nn.Module, batches: list, runs: int) -> list:
     return rows
 
 
+def engine_precision(path: Path) -> str:
+    """resnet_cifar10_fp16 -> FP16, resnet_cifar10_int8 -> INT8, resnet_cifar10_int8_fast -> INT8 FAST."""
+    return path.stem.removeprefix("resnet_cifar10_").replace("_", " ").upper()
+
+
 def tensorrt_rows(engines: list, batches: list, runs: int) -> list:
     """One row per engine and batch its profile accepts; a reason row per engine where no GPU is visible."""
     rows = []
     try:
         from eager2trt.runtime.tensorrt import Engine
         import tensorrt  # noqa: F401
-    except ImportError:
-        return rows
-    for path in (p for p in engines if p.is_file()):
-        # resnet_cifar10_fp16 -> FP16, resnet_cifar10_int8 -> INT8, resnet_cifar10_int8_fast -> INT8 FAST
-        precision = path.stem.removeprefix("resnet_cifar10_").replace("_", " ").upper()
+    except ImportError:  # each engine still gets its row, saying why it was not timed
+        return [row("TensorRT", engine_precision(p), "CUDA", None, None, note="skipped: tensorrt is not installed")
+                for p in engines]
+    for path in engines:
+        precision = engine_precision(path)
         if not torch.cuda.is_available():  # tensorrt imports without a GPU; Engine() would abort the benchmark
             rows.append(row("TensorRT", precision, "CUDA", None, None, note="skipped: no CUDA GPU visible"))
             continue
@@ -259,6 +291,7 @@ def validate(args) -> None:
     require_choice("--arch", args.arch, ARCHS)
     require_ints("--batch-sizes", args.batch_sizes)
     require_int("--runs", args.runs)
+    args.engines = check_engines(args.engines)
     load_state_dict(build_model(args.arch), args.checkpoint, args.arch)  # one sentence naming --arch if not
     ensure_writable_dir(args.output_dir)
 

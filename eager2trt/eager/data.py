@@ -5,7 +5,10 @@ image folder (`train/<class>/*.png`, `test/<class>/*.png`, sorted folder names =
 Decoding 60,000 PNGs costs tens of seconds, so the arrays are cached as one .npz file.
 """
 
+import contextlib
 import hashlib
+import os
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +57,37 @@ def _layout_help(root: Path) -> str:
             f"{root}/test/<class>/*.png with 10,000)")
 
 
+def _unreadable(path: Path, exc: OSError, what: str = "folder") -> PipelineError:
+    if isinstance(exc, PermissionError):
+        return PipelineError(f"cannot read the {what} {path} (permission denied); make the data readable, e.g. "
+                             f"chmod -R u+rX {path}")
+    return PipelineError(f"cannot read the {what} {path} ({exc.strerror or exc}); check the data folder")
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """The folder's entries; an unreadable folder is named ("permission denied"), never read as empty."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as exc:
+        raise _unreadable(folder, exc) from None
+
+
+def _ignore_hidden(names: list[str], folder: Path, what: str) -> list[str]:
+    """Drop names starting with '.', with one notice: .ipynb_checkpoints, .DS_Store, macOS ._* files are no data."""
+    hidden = sorted(n for n in names if n.startswith("."))
+    if hidden:
+        shown = ", ".join(hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
+        print(f"notice: ignoring hidden {what} in {folder}: {shown}", file=sys.stderr)
+    return [n for n in names if not n.startswith(".")]
+
+
 def _class_names(root: Path, split: str) -> list[str]:
-    return sorted(d.name for d in (root / split).iterdir() if d.is_dir())
+    """Sorted class folder names of one split; hidden folders are ignored (with a notice), since one sorting
+    first would shift every label by one."""
+    folder = root / split
+    names = [e.name for e in _entries(folder) if e.is_dir()]
+    return sorted(_ignore_hidden(names, folder, "folders"))
 
 
 def _check_class_names(root: Path) -> list[str]:
@@ -67,16 +99,47 @@ def _check_class_names(root: Path) -> list[str]:
         raise PipelineError(f"class folders of {root / 'train'} and {root / 'test'} differ (only in train: "
                             f"{only_train}; only in test: {only_test}), so labels would not line up; give both "
                             f"splits the same class folder names")
+    numbers = [int(n) for n in train if n.isdecimal()]
+    if len(numbers) == len(train) and sorted(numbers) != [int(n) for n in train]:
+        raise PipelineError(f"the class folders of {root / 'train'} are numbers sorted as text ({', '.join(train[:4])}, "
+                            f"...), so folder {train[1]} would take label 1; the sorted folder names are the label "
+                            f"order, so rename them with leading zeros (e.g. {int(train[0]):02d}, {int(train[1]):02d})")
+    if len(train) != NUM_CLASSES:
+        raise PipelineError(f"{root / 'train'} and {root / 'test'} hold {len(train)} class folders "
+                            f"({', '.join(train[:12]) or 'none'}), not CIFAR-10's {NUM_CLASSES}; the sorted folder "
+                            f"names are the label order, so remove the extra folders or add the missing ones")
     return train
 
 
 def _image_folder_files(root: Path, split: str, classes: list[str]) -> tuple[list[Path], list[int]]:
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = sorted((root / split / name).glob("*.png"))
+        folder = root / split / name
+        pngs = [e.name for e in _entries(folder) if e.name.endswith(".png")]
+        found = [folder / n for n in sorted(_ignore_hidden(pngs, folder, "files"))]
+        if not found:
+            raise PipelineError(f"class folder {folder} holds no .png images, so it would take label {label} and "
+                                f"every image would be scored against a shifted label; remove it, or put its "
+                                f"images back")
         files += found
         labels += [label] * len(found)
     return files, labels
+
+
+def check_label_set(split: Split, num_classes: int, name: str = "test") -> None:
+    """Raise unless the labels of `split` are exactly 0..num_classes-1, each present: the label set a model with
+    `num_classes` outputs is evaluated against (a missing or extra label means the labels do not line up)."""
+    labels = split.labels
+    if len(labels) == 0:
+        raise PipelineError(f"the {name} split holds no images; check the data folder")
+    present = torch.unique(labels.cpu())
+    lo, hi = int(present.min()), int(present.max())
+    if lo < 0 or hi >= num_classes or len(present) != num_classes:
+        missing = sorted(set(range(num_classes)) - set(present.tolist()))
+        raise PipelineError(f"the {name} split has labels {lo}..{hi} ({len(present)} distinct"
+                            f"{', missing ' + ', '.join(map(str, missing[:10])) if missing else ''}) but the model "
+                            f"has {num_classes} outputs, so its scores would be compared against the wrong labels; "
+                            f"use data with exactly {num_classes} classes (labels 0..{num_classes - 1})")
 
 
 def _check_counts(root: Path, counts: dict, classes: dict, strict: bool) -> None:
@@ -95,13 +158,14 @@ def _decode_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
+    except PermissionError as exc:
+        raise _unreadable(path, exc, "image") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated data, bad chunks
         raise PipelineError(f"{path} is not a readable PNG image ({str(exc).splitlines()[0][:120]}); replace it "
                             f"with the original CIFAR-10 file") from None
 
 
-def _decode_image_folder(root: Path, strict: bool, classes: list[str]) -> dict[str, Split]:
-    listing = {s: _image_folder_files(root, s, classes) for s in CIFAR10_COUNTS}
+def _decode_image_folder(root: Path, strict: bool, listing: dict) -> dict[str, Split]:
     _check_counts(root, {s: len(v[0]) for s, v in listing.items()},
                   {s: len(set(v[1])) for s, v in listing.items()}, strict)
     splits = {}
@@ -130,11 +194,23 @@ def _load_torchvision(root: Path, download: bool) -> dict[str, Split]:
                 for ds in [CIFAR10(str(root), train=(s == "train"), download=download)]}
     except RuntimeError as exc:  # torchvision raises RuntimeError for missing or corrupt batches
         raise PipelineError(f"CIFAR-10 under {root} could not be read ({exc}); {_layout_help(root)}") from None
+    except OSError as exc:  # urllib's URLError (no network, DNS, proxy) is an OSError, so are disk errors
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        if download:
+            raise PipelineError(f"could not download CIFAR-10 into {root} ({reason}); connect to the internet, or "
+                                f"copy cifar-10-batches-py (or train/ and test/ image folders) there and leave "
+                                f"out the download") from None
+        raise _unreadable(root / "cifar-10-batches-py", exc) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError) as exc:  # damaged batch files
+        raise PipelineError(f"CIFAR-10 under {root / 'cifar-10-batches-py'} is damaged ({type(exc).__name__}: "
+                            f"{str(exc)[:80]}); delete that folder and download it again") from None
 
 
-def _cache_path(root: Path, cache_dir: Path, classes: list[str]) -> Path:
-    # the class names are part of the key: renamed class folders give other labels, so another cache
-    key = hashlib.sha1("\0".join([str(root.resolve()), *classes]).encode()).hexdigest()[:12]
+def _cache_path(root: Path, cache_dir: Path, classes: list[str], listing: dict) -> Path:
+    # the class names and the image count of each are part of the key: renamed class folders give other
+    # labels, added or removed images other data, so another cache
+    counts = [str(labels.count(c)) for _, labels in listing.values() for c in range(len(classes))]
+    key = hashlib.sha1("\0".join([str(root.resolve()), *classes, *counts]).encode()).hexdigest()[:12]
     return cache_dir / f"cifar10-{key}.npz"
 
 
@@ -142,17 +218,27 @@ def load_cifar10(root: Path, download: bool = False, cache_dir: Optional[Path] =
                  strict: bool = True) -> dict[str, Split]:
     """Load both splits as uint8 tensors, decoding an image folder once and caching it."""
     root = Path(root)
+    splits = _load_splits(root, download, cache_dir, strict)
+    for name, split in splits.items():
+        check_label_set(split, NUM_CLASSES, name)
+    return splits
+
+
+def _load_splits(root: Path, download: bool, cache_dir: Optional[Path], strict: bool) -> dict[str, Split]:
     if (root / "cifar-10-batches-py").is_dir() or download:
         return _load_torchvision(root, download)
+    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        raise _unreadable(root, PermissionError()) from None
     if not ((root / "train").is_dir() and (root / "test").is_dir()):
         raise PipelineError(f"no CIFAR-10 found under {root}; {_layout_help(root)}")
     classes = _check_class_names(root)
-    cache = _cache_path(root, Path(cache_dir), classes) if cache_dir else None
-    if cache and cache.exists():
+    listing = {s: _image_folder_files(root, s, classes) for s in CIFAR10_COUNTS}
+    cache = _cache_path(root, Path(cache_dir), classes, listing) if cache_dir else None
+    if cache and cache.is_file():
         splits = _read_cache(cache, root, strict)
         if splits is not None:
             return splits
-    splits = _decode_image_folder(root, strict, classes)
+    splits = _decode_image_folder(root, strict, listing)
     if cache:
         try:
             with atomic_path(cache) as tmp:
@@ -176,7 +262,8 @@ def _read_cache(cache: Path, root: Path, strict: bool) -> Optional[dict[str, Spl
         reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
         print(f"notice: discarding the decoded-data cache {cache} ({reason}); decoding the images again",
               file=sys.stderr)
-        cache.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another user's cache, or a read-only cache folder
+            cache.unlink(missing_ok=True)
         return None
 
 

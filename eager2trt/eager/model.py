@@ -1,11 +1,13 @@
 """One model definition (torchvision's quantizable classifiers), its checkpoints and its fusion."""
 
 import copy
+import sys
+from pathlib import Path
 
 import torch
 from torchvision.models import quantization as qmodels
 
-from ..contract import FUSE_ATOL, FUSE_RTOL, IMAGE_SHAPE  # the reference's fused-vs-unfused check
+from ..contract import FP32_STATE, FUSE_ATOL, FUSE_RTOL, IMAGE_SHAPE, INT8_TORCHSCRIPT  # the reference's fused-vs-unfused check
 from ..errors import PipelineError, require_choice
 
 # Every torchvision quantizable classifier, plus CIFAR-stem variants (suffix _cifar) for 32x32 inputs.
@@ -55,15 +57,24 @@ def variance_preserving_init(model: torch.nn.Module) -> torch.nn.Module:
 
 def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
     """Load an FP32 state_dict (or a training checkpoint holding one) into `model`, in place."""
+    if Path(path).is_dir():
+        raise PipelineError(f"checkpoint {path} is a directory; pass the path of a saved FP32 state_dict (e.g. "
+                            f"{Path(path) / FP32_STATE})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"checkpoint {path} does not exist; pass the path of a saved FP32 state_dict") from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        if _is_torchscript(path):
+            raise PipelineError(f"checkpoint {path} is a TorchScript model (e.g. the INT8 export "
+                                f"{INT8_TORCHSCRIPT}), not an FP32 state_dict; pass the FP32 weights, e.g. "
+                                f"{FP32_STATE}") from None
         raise PipelineError(f"checkpoint {path} is not a readable PyTorch state_dict ({type(exc).__name__}); "
                             f"re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    state = _strip_data_parallel(state, path)
+    refuse_non_finite(state, f"checkpoint {path}")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -72,6 +83,49 @@ def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
         raise PipelineError(f"checkpoint {path} does not fit {arch} with {num_classes(model)} classes "
                             f"({detail[:160]}); pass --arch and a checkpoint that match") from None
     return model
+
+
+def _is_torchscript(path) -> bool:
+    """A TorchScript archive is a zip holding <name>/code/ (a state_dict's zip holds data.pkl and data/ only)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _strip_data_parallel(state, path):
+    """A state_dict saved from DataParallel/DistributedDataParallel prefixes every key with "module."; the
+    weights are the model's own, so the prefix is dropped (said aloud)."""
+    if isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        print(f"note: {path} was saved from a DataParallel wrapper; reading its keys without the 'module.' prefix",
+              file=sys.stderr)
+        return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def non_finite_tensors(named) -> list[tuple[str, int]]:
+    """(name, count) of the floating-point tensors among `named` (name -> tensor) holding NaN or inf values."""
+    bad = []
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_meta:
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                bad.append((name, n))
+    return bad
+
+
+def refuse_non_finite(state, what: str) -> None:
+    """Raise naming the tensors when a state_dict (or a module's parameters and buffers) holds NaN or inf: such
+    a model computes NaN, which every later check would misreport (e.g. as "not fusable")."""
+    named = state.items() if isinstance(state, dict) else [*state.named_parameters(), *state.named_buffers()]
+    bad = non_finite_tensors(named)
+    if bad:
+        names = ", ".join(f"{n} ({c} values)" for n, c in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise PipelineError(f"{what} holds weights that are not finite (NaN or inf in {names}); the training that "
+                            f"wrote it diverged: use an earlier checkpoint or retrain with a lower learning rate")
 
 
 def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
@@ -87,6 +141,12 @@ def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
     x = torch.randn(num_checks, *input_shape, generator=gen)
     with torch.no_grad():
         ref, out = model(x), fused(x)
+    if not isinstance(ref, torch.Tensor):
+        raise PipelineError(f"the model returns a {type(ref).__name__}, not one logits tensor; wrap it so that "
+                            f"forward() returns the classifier's logits only")
+    if not torch.isfinite(ref).all():
+        raise PipelineError("the model computes values that are not finite (NaN or inf) on random inputs, before "
+                            "fusion; check its weights (eager2trt.inputs.check_model names the tensors)")
     max_abs = (ref - out).abs().max().item()
     if not torch.allclose(out, ref, rtol=FUSE_RTOL, atol=FUSE_ATOL):
         raise PipelineError(f"fused model deviates from the unfused one by up to {max_abs:.3g} "

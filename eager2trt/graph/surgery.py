@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import PipelineError
-from .onnx_utils import QDQ, fold_constant_inputs, op_counts, qdq_nodes, zero_point
+from .onnx_utils import QDQ, fold_constant_inputs, op_counts, qdq_nodes, refuse_missing_zero_points, zero_point
 
 # Ops whose bias may arrive as an int32 DequantizeLinear; input index 2 is the bias for both.
 BIAS_CONSUMERS = {"Conv": 2, "Gemm": 2}
@@ -112,6 +112,7 @@ def make_tensorrt_ready(model: onnx.ModelProto, allow_fp32: bool = False,
                         rewrites: tuple = REWRITES) -> tuple[onnx.ModelProto, dict]:
     """Apply `rewrites` in order (default: every exact one), clean up, sort and fully check the result; return it
     with a report."""
+    refuse_missing_zero_points(model)  # before the rewrite: it would leave a graph the checker rejects
     graph = gs.import_onnx(model)
     before = op_counts(graph)
     if not any(op in before for op in QDQ) and not allow_fp32:
@@ -126,7 +127,7 @@ def make_tensorrt_ready(model: onnx.ModelProto, allow_fp32: bool = False,
     out.ir_version = model.ir_version
     try:
         onnx.checker.check_model(out, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise PipelineError(f"the rewritten graph fails onnx.checker ({str(exc).splitlines()[0][:160]}); "
                             f"please report this model") from None
     return out, {"rewrites": counts, "ops_before": dict(before), "ops_after": dict(op_counts(graph))}

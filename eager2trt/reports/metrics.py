@@ -36,7 +36,23 @@ def _load(path: Path) -> dict:
     if not isinstance(data, dict):
         raise PipelineError(f"metrics file {path} does not hold a JSON object; move it aside or pass --metrics "
                             f"with another path")
+    for section, value in data.items():
+        if section in WRITERS and not isinstance(value, dict):
+            raise PipelineError(f"metrics file {path} holds a {_json_type(value)} as its {section!r} section, "
+                                f"where {WRITERS[section]} writes an object of figures; move the file aside (or "
+                                f"delete that section), then rerun {WRITERS[section]}")
     return data
+
+
+def _json_type(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def check(path: Path) -> dict:
+    """Read and validate the metrics file before any long work: the run will merge its figures into it, and
+    finding it damaged only after a ten-thousand-image evaluation would waste that work. Returns its content."""
+    return _load(path)
 
 
 def update(path: Path, section: str, values: dict) -> dict:

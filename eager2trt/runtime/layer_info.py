@@ -42,9 +42,45 @@ class LayerSummary:
     io_tensors: list[str] = field(default_factory=list)
 
 
+def _refuse(path: Path, problem: str) -> PipelineError:
+    return PipelineError(f"layer info {path} {problem}, so it is not what trtexec --exportLayerInfo writes; pass "
+                         f"that file (scripts/build_engines.sh writes one beside each engine)")
+
+
+def _check_tensors(path: Path, where: str, tensors) -> None:
+    if not isinstance(tensors, list) or not all(isinstance(t, dict) for t in tensors):
+        raise _refuse(path, f"has {where} that is not a list of tensor objects")
+    for t in tensors:
+        if not isinstance(tensor_type(t) or "", str) or not isinstance(t.get("Name", ""), str):
+            raise _refuse(path, f"has a tensor in {where} whose \"Name\" or type is not a string")
+
+
+def _check_layers(path: Path, layers: list) -> None:
+    """Every layer an object with a string "Name" and a string LayerType or ParameterType; tensor lists well formed."""
+    for i, layer in enumerate(layers):
+        kind = layer.get("ParameterType") or layer.get("LayerType")
+        if not isinstance(layer.get("Name"), str) or not isinstance(kind, str):
+            raise _refuse(path, f"has a layer (number {i}) without a \"Name\" and a \"LayerType\" or "
+                                f"\"ParameterType\" string")
+        for key in ("Inputs", "Outputs"):
+            if key in layer:
+                _check_tensors(path, f"the {key} of layer {layer['Name']!r}", layer[key])
+
+
+def _check_io(path: Path, data: dict) -> None:
+    if "I/O Tensors" in data:
+        _check_tensors(path, '"I/O Tensors"', data["I/O Tensors"])
+    elif not isinstance(data.get("Bindings", []), list) or \
+            not all(isinstance(b, str) for b in data.get("Bindings", [])):
+        raise _refuse(path, 'has "Bindings" that are not a list of tensor names')
+
+
 def load_layer_info(path: Path) -> dict:
-    """The parsed JSON, or one sentence saying why it cannot be read."""
+    """The parsed JSON, checked to be an engine inspector's layer list, or one sentence saying why not."""
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"layer info {path} is a directory; pass the JSON file trtexec --exportLayerInfo wrote "
+                            f"(e.g. resnet_cifar10_int8_layer_info.json inside it)")
     if not path.is_file():
         raise PipelineError(f"layer info {path} does not exist; scripts/build_engines.sh writes it next to each "
                             f"engine (trtexec --exportLayerInfo)")
@@ -53,18 +89,30 @@ def load_layer_info(path: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PipelineError(f"layer info {path} is not valid JSON ({exc}); rebuild the engine with "
                             f"scripts/build_engines.sh") from None
+    except RecursionError:  # arrays nested thousands deep exhaust the decoder's recursion
+        raise _refuse(path, "nests arrays or objects too deeply to read") from None
+    except OSError as exc:
+        raise PipelineError(f"cannot read layer info {path} ({exc.strerror}); check its permissions") from None
     layers = data.get("Layers") if isinstance(data, dict) else None
     if not isinstance(layers, list) or not layers:
         raise PipelineError(f"layer info {path} has no \"Layers\" list; pass the file trtexec --exportLayerInfo wrote")
-    if not all(isinstance(layer, dict) for layer in layers):
+    if all(isinstance(layer, str) for layer in layers):
         raise PipelineError(f"layer info {path} lists layer names only; rebuild the engine with "
                             f"--profilingVerbosity=detailed (scripts/build_engines.sh passes it)")
+    if not all(isinstance(layer, dict) for layer in layers):
+        raise _refuse(path, 'has a "Layers" list that mixes objects with other values')
+    _check_layers(path, layers)
+    _check_io(path, data)
     return data
 
 
 def layer_kind(layer: dict) -> str:
-    """The operation a layer runs: ParameterType, else LayerType (as TensorRT Engine Explorer does)."""
-    return layer.get("ParameterType") or layer.get("LayerType", "")
+    """The operation a layer runs: ParameterType, else LayerType (as TensorRT Engine Explorer does), its kernel
+    family (CaskConvolution, PointWiseV2) read as the operation it names."""
+    if layer.get("ParameterType"):
+        return layer["ParameterType"]
+    kind = layer.get("LayerType", "")  # kernel families: CaskConvolution, PointWiseV2, ...
+    return next((k for k in (CONVOLUTION, *POINTWISE) if kind.endswith(k) or kind.startswith(k)), kind)
 
 
 def tensor_type(tensor: dict) -> str | None:
