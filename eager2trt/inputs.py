@@ -163,20 +163,20 @@ def check_choice(value, name: str, choices) -> str:
 
 
 def check_config(config, name: str = "config") -> None:
-    """The QuantizeConfig's fields: activation dtype, calibration observer, quantized CPU engine."""
-    from .eager.engines import DEFAULT_ENGINE, supported_engines
-    from .eager.quantize import ACTIVATION_DTYPES, OBSERVERS
+    """The QuantizeConfig's fields: activation dtype, calibration method, quantized CPU engine."""
+    from .eager.engines import AUTO, supported_engines
+    from .eager.quantize import ACTIVATION_DTYPES, CALIBRATIONS
 
     check_choice(config.activation_dtype, f"{name}.activation_dtype", tuple(ACTIVATION_DTYPES))
-    check_choice(config.calibration, f"{name}.calibration", tuple(OBSERVERS))
-    if config.engine != DEFAULT_ENGINE:
+    check_choice(config.calibration, f"{name}.calibration", tuple(CALIBRATIONS))
+    if config.engine != AUTO:
         check_choice(config.engine, f"{name}.engine", tuple(supported_engines()))
 
 
-def check_pipeline_arguments(fp32, calibration_batches, config=None, check_inputs=None, agreement_inputs=None,
-                             fast=None) -> tuple[Iterable[torch.Tensor], Optional[list], Optional[list]]:
+def check_pipeline_arguments(fp32, calibration_batches, config=None, images=None, labels=None,
+                             fast=None) -> tuple[Iterable[torch.Tensor], Optional[list]]:
     """Every argument of quantize_to_tensorrt, before it writes anything; returns the calibration batches (lazily
-    checked when given as a generator), `check_inputs` as float32 numpy arrays and `agreement_inputs` checked."""
+    checked when given as a generator) and `images` checked (float32 NCHW of the calibration images' shape)."""
     from .graph.placement import HIGH_PRECISIONS
 
     check_model(fp32)
@@ -190,10 +190,13 @@ def check_pipeline_arguments(fp32, calibration_batches, config=None, check_input
         first = next(calibration)
         calibration = itertools.chain([first], calibration)
     chw = tuple(first.shape[1:])
-    checks = None if check_inputs is None else check_numpy_batches(check_inputs, "check_inputs", chw[0], chw)
-    agreement = None if agreement_inputs is None else list(check_batches(agreement_inputs, "agreement_inputs",
-                                                                         fp32, chw))
-    return calibration, checks, agreement
+    checked = None if images is None else list(check_batches(images, "images", fp32, chw))
+    if labels is not None and checked is not None and len(labels) != sum(len(b) for b in checked):
+        raise PipelineError(f"labels has {len(labels)} entries for {sum(len(b) for b in checked)} images; pass one "
+                            f"label per image")
+    if labels is not None and checked is None:
+        raise PipelineError("labels were given without images; pass the images they label")
+    return calibration, checked
 
 
 # --- the main job (scripts/run_pipeline.sh): quantize a checkpoint or train, said aloud ----------------------

@@ -141,6 +141,8 @@ def pytorch_reference_logits(torchscript: Path, test) -> tuple:
     """PyTorch INT8 logits on `test` from a saved TorchScript, on the engine chosen for this machine."""
     from .eager.engines import select_engine
 
+    from .eager.torchscript import load_int8_torchscript
+
     select_engine()  # loading repacks the weights for the current engine: make it the faithful one
-    model = torch.jit.load(str(torchscript))
+    model = load_int8_torchscript(torchscript)
     return evaluate(PyTorchRunner(model), test).logits, f"PyTorch INT8 (TorchScript {Path(torchscript).name})"

@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from . import contract
-from .artifacts import ensure_writable_dir, save_onnx
+from .artifacts import ensure_writable_dir, fresh_run, save_onnx
 from .checks import compare
 from .checks.agreement import agreement
 from .checks.result import Check, require
@@ -36,7 +36,8 @@ from .eager.quantize import quantize
 from .errors import PipelineError
 from .graph.lint import lint, performance_summary
 from .graph.onnx_utils import load_onnx
-from .graph.placement import HIGH_PRECISIONS, make_fast, with_high_precision
+from .graph.placement import make_fast, with_high_precision
+from .inputs import check_pipeline_arguments
 from .graph.surgery import make_tensorrt_ready
 from .runtime.backends import OnnxRunner, PyTorchRunner, accuracy_of, logits
 from .runtime.inputs import onnx_input_shape, random_batches
@@ -193,29 +194,6 @@ def write_graph(graph: Graph, path: Path) -> None:
     graph.path = Path(path)
 
 
-def _check_fast_choice(fast: Optional[str]) -> None:
-    if fast is not None and fast not in HIGH_PRECISIONS:
-        raise PipelineError(f"unknown fast={fast!r}; choose one of {', '.join(HIGH_PRECISIONS)}, or None for no fast graph")
-
-
-def _check_images(images: Optional[list], labels, example: torch.Tensor) -> Optional[list]:
-    """Real images as float NCHW tensors of the calibration images' shape; labels one per image."""
-    if images is None:
-        if labels is not None:
-            raise PipelineError("labels were given without images; pass the images they label")
-        return None
-    images = [torch.as_tensor(b) for b in images]
-    bad = [i for i, b in enumerate(images) if b.dim() != 4 or b.shape[1:] != example.shape[1:] or not b.is_floating_point()]
-    if bad:
-        b = images[bad[0]]
-        raise PipelineError(f"images[{bad[0]}] has shape {tuple(b.shape)} and dtype {b.dtype}; it must be float NCHW "
-                            f"like the calibration batches, (N, {', '.join(map(str, example.shape[1:]))})")
-    if labels is not None and len(labels) != sum(len(b) for b in images):
-        raise PipelineError(f"labels has {len(labels)} entries for {sum(len(b) for b in images)} images; pass one "
-                            f"label per image")
-    return images
-
-
 def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[torch.Tensor], output_dir: Path,
                          config: Optional[QuantizeConfig] = None, *, images: Optional[list] = None,
                          labels: Optional[torch.Tensor] = None, fast: Optional[str] = "fp32",
@@ -233,10 +211,21 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     (batches, labels) of training images not used for calibration: what calibration "auto" chooses on.
     """
     config = config or QuantizeConfig()
-    _check_fast_choice(fast)
+    calibration_batches, images = check_pipeline_arguments(fp32, calibration_batches, config, images, labels, fast)
     example, calibration_batches = _peek(calibration_batches)
-    images = _check_images(images, labels, example)
     paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"))
+    with fresh_run(paths.output_dir, RUN_ARTIFACTS):
+        return _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast,
+                                     accuracy_budget, holdout)
+
+
+# what one quantize_to_tensorrt run writes: an earlier run's files are kept aside until this one completes
+RUN_ARTIFACTS = (contract.FP32_ONNX, contract.INT8_ONNX, contract.INT8_TORCHSCRIPT, contract.INT8_ONNX_MODIFIED,
+                 contract.INT8_ONNX_FAST, contract.FP16_ONNX, contract.METRICS)
+
+
+def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast, accuracy_budget,
+                          holdout) -> PipelineResult:
     fp32 = fp32.eval().cpu()
     fused, fusion = fusion_check(fp32, tuple(example.shape[1:]))
     int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine,

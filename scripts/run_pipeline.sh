@@ -24,8 +24,9 @@ fi
 export EAGER2TRT_LOCKED_DIRS="$(cd "$OUT" && pwd -P)${EAGER2TRT_LOCKED_DIRS:+:$EAGER2TRT_LOCKED_DIRS}"
 
 # One process: quantize, export, make both TensorRT-ready graphs, verify them on the test set, FP16 ONNX.
-if [ "${TRAIN:-0}" = 1 ] || [ ! -f "$CKPT" ]; then
-  echo "no checkpoint at $CKPT (or TRAIN=1): training from scratch first" >&2
+# quantize the checkpoint, or train (said aloud; training flags given with a checkpoint are refused, not ignored)
+source_kind=$($PY -m eager2trt.inputs model-source "$CKPT" "${TRAIN:-0}" "$@")
+if [ "$source_kind" = train ]; then
   $PY resnet_torch.py --data-dir "$DATA" --output-dir "$OUT" --fp16-onnx "$@"
 else
   $PY resnet_torch.py --data-dir "$DATA" --output-dir "$OUT" --checkpoint "$CKPT" --fp16-onnx "$@"

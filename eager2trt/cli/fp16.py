@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from .. import contract, pipeline
-from ..artifacts import ensure_writable_dir, output_lock
+from ..artifacts import ensure_writable_dir, output_lock, refuse_same_file
 from ..eager.data import iterate_batches, load_cifar10
 from ..errors import run_cli
 from ..reports.console import print_checks
@@ -24,6 +24,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> list:
+    refuse_same_file({"--input": args.input}, {"--output": args.output})
     ensure_writable_dir(args.output.parent, "--output")
     images = labels = None
     if args.data_dir is not None:

@@ -8,7 +8,8 @@ import argparse
 from pathlib import Path
 
 from .. import contract, jobs
-from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite
+from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, refuse_same_file
+from ..contract import ArtifactPaths
 from ..eager.engines import AUTO, candidate_engines, supported_engines
 from ..eager.model import ARCHS
 from ..eager.calibration import DEFAULT_PERCENTILE, check_percentile
@@ -98,6 +99,12 @@ def validate(args) -> None:
     ensure_writable_dir(args.output_dir)
     if args.checkpoint is None:
         refuse_overwrite(args.output_dir / contract.FP32_STATE, args.overwrite)
+    else:
+        written = ArtifactPaths(args.output_dir)
+        refuse_same_file({"--checkpoint": args.checkpoint},
+                         {name: getattr(written, name) for name in ("fp32_onnx", "int8_onnx", "int8_torchscript",
+                                                                   "int8_onnx_modified", "int8_onnx_fast", "metrics")},
+                         overwrite=args.overwrite, overwrite_hint="pass --overwrite")
 
 
 def options(args) -> jobs.JobOptions:

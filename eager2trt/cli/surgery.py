@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Optional
 
 from .. import contract, jobs, pipeline
-from ..artifacts import ensure_writable_dir, output_lock
+from ..artifacts import check_complete, ensure_writable_dir, output_lock, refuse_same_file
 from ..contract import EQUIVALENCE_ATOL
-from ..eager.data import iterate_batches, load_cifar10
+from ..eager.data import NUM_CLASSES, check_label_set, iterate_batches, load_cifar10
 from ..errors import PipelineError, require_choice, require_float, run_cli
+from ..graph.onnx_utils import check_interface, load_onnx, output_width
 from ..graph.placement import HIGH_PRECISIONS
 from ..reports import metrics
 from ..reports.console import print_graph
@@ -71,8 +72,12 @@ def validate(args) -> None:
         raise PipelineError("--high-precision fp16 needs --mode fast: exact mode keeps the export's float32 "
                             "arithmetic bit for bit")
     require_float("--atol", args.atol)
+    refuse_same_file({"--input": args.input, "--fp32": args.fp32, "--torchscript": args.torchscript},
+                     {"--output": output_path(args), "--metrics": args.metrics})
     ensure_writable_dir(output_path(args).parent, "--output")
     ensure_writable_dir(args.metrics.parent, "--metrics")
+    metrics.check(args.metrics)  # a damaged record fails now, not after the evaluation
+    check_complete(args.input.parent)
 
 
 def main(args) -> pipeline.Graph:
@@ -91,12 +96,17 @@ def rewrite(args) -> pipeline.Graph:
     """Gather what the checks need (test images, the PyTorch reference, the FP32 ONNX) and make one call."""
     images = labels = reference = None
     fast = args.mode == "fast"
+    original = load_onnx(args.input)
     if args.data_dir is not None and not args.no_verify:
+        check_interface(original, num_classes=NUM_CLASSES, name=str(args.input))
         test = load_cifar10(args.data_dir)["test"]
+        check_label_set(test, NUM_CLASSES)
         images, labels = [x for x, _ in iterate_batches(test, 500)], test.labels
         torchscript = beside_input(args, args.torchscript, contract.INT8_TORCHSCRIPT) if fast else None
         reference = jobs.pytorch_reference_logits(torchscript, test) if torchscript else None
     fp32 = beside_input(args, args.fp32, contract.FP32_ONNX) if fast and images is None else None
+    if fp32 is not None:
+        check_interface(load_onnx(fp32), num_classes=output_width(original), name=str(fp32))
     return pipeline.rewrite_onnx(args.input, output_path(args), args.mode, args.high_precision, images, labels,
                                  fp32_onnx=fp32, reference=reference, allow_fp32=args.allow_fp32,
                                  verify=not args.no_verify, atol=args.atol)

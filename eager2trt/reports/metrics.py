@@ -100,3 +100,13 @@ class PyTorchAccuracy:
 
     def of(self, which: str) -> float:
         return {"fp32": self.fp32, "int8": self.int8}[which]
+
+
+def recorded_agreement(path: Path):
+    """(argmax agreement, samples) of PyTorch INT8 vs its graph as resnet_torch.py recorded them, or None."""
+    section = _load(path).get("pytorch", {})
+    rec = section.get("int8_vs_onnx_agreement") if isinstance(section, dict) else None
+    if not isinstance(rec, dict) or not isinstance(rec.get("argmax_agreement"), (int, float)) \
+            or not isinstance(rec.get("samples"), int):
+        return None
+    return float(rec["argmax_agreement"]), int(rec["samples"])
