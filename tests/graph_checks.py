@@ -16,3 +16,11 @@ def ort_equivalence(a, b, batches, atol=EQUIVALENCE_ATOL):
 
 def ort_error_ratio(fp32, exact, fast, batches, bound=FAST_ERROR_RATIO):
     return compare.error_ratio(*(onnx_logits(m, batches) for m in (fp32, exact, fast)), bound=bound)
+
+
+def ort_accuracy(model, split):
+    """Top-1 and logits of an ONNX model on a split (the project's evaluate loop)."""
+    from eager2trt.runtime.backends import evaluate
+
+    ev = evaluate(OnnxRunner(model), split, progress=False)
+    return ev.accuracy, ev.logits

@@ -117,7 +117,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_nothing(full_disk):
 
 
 def test_an_onnx_that_fails_the_checker_is_never_written(tmp_path):
-    from eager2trt.cli.fp16 import to_fp16
+    from eager2trt.graph.fp16 import to_fp16
 
     broken = to_fp16(conv_graph())  # float16 scales on DequantizeLinear: invalid, the bug fp16 now refuses
     with pytest.raises(PipelineError, match=r"refusing to write .*bad\.onnx: the model fails onnx\.checker"):

@@ -13,6 +13,7 @@ from typing import Optional
 from .. import contract, jobs, pipeline
 from ..artifacts import check_complete, ensure_writable_dir, output_lock, refuse_same_file
 from ..contract import EQUIVALENCE_ATOL
+from ..eager.torchscript import load_int8_torchscript
 from ..eager.data import NUM_CLASSES, check_label_set, iterate_batches, load_cifar10
 from ..errors import PipelineError, require_choice, require_float, run_cli
 from ..graph.onnx_utils import check_interface, load_onnx, output_width
@@ -78,6 +79,8 @@ def validate(args) -> None:
     ensure_writable_dir(args.metrics.parent, "--metrics")
     metrics.check(args.metrics)  # a damaged record fails now, not after the evaluation
     check_complete(args.input.parent)
+    if args.torchscript is not None:
+        load_int8_torchscript(args.torchscript)  # says what the file is when it is no INT8 TorchScript
 
 
 def main(args) -> pipeline.Graph:
