@@ -5,7 +5,7 @@ import copy
 import torch
 from torchvision.models import quantization as qmodels
 
-from ..contract import FUSE_ATOL, FUSE_RTOL, IMAGE_SHAPE  # the reference's fused-vs-unfused check
+from ..contract import FUSE_ATOL, FUSE_RTOL  # the reference's fused-vs-unfused check
 from ..errors import PipelineError, require_choice
 
 # Every torchvision quantizable classifier, plus CIFAR-stem variants (suffix _cifar) for 32x32 inputs.
@@ -74,11 +74,13 @@ def load_state_dict(model: torch.nn.Module, path, arch: str) -> torch.nn.Module:
     return model
 
 
-def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
-         input_shape: tuple = IMAGE_SHAPE) -> tuple[torch.nn.Module, float]:
+def fuse(model: torch.nn.Module, input_shape: tuple, num_checks: int = 4,
+         seed: int = 0) -> tuple[torch.nn.Module, float]:
     """Return a fused copy (conv+bn+relu, conv+bn, downsample) and its max abs deviation.
 
-    Raises when fused and unfused outputs differ beyond the reference's rtol/atol on random inputs.
+    `input_shape` is one input's CHW (e.g. a calibration batch's shape[1:]): the model's own input size, which
+    only the caller knows. Raises when fused and unfused outputs differ beyond the reference's rtol/atol on
+    random inputs of that shape.
     """
     model = model.eval()
     fused = copy.deepcopy(model)
@@ -86,7 +88,13 @@ def fuse(model: torch.nn.Module, num_checks: int = 4, seed: int = 0,
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(num_checks, *input_shape, generator=gen)
     with torch.no_grad():
-        ref, out = model(x), fused(x)
+        try:
+            ref = model(x)
+        except RuntimeError as exc:  # e.g. "Output size is too small" for an image below the model's minimum
+            raise PipelineError(f"the FP32 model cannot run inputs of shape {tuple(input_shape)} "
+                                f"({str(exc).splitlines()[0][:120]}); pass inputs of the size the model "
+                                f"was built for") from None
+        out = fused(x)
     max_abs = (ref - out).abs().max().item()
     if not torch.allclose(out, ref, rtol=FUSE_RTOL, atol=FUSE_ATOL):
         raise PipelineError(f"fused model deviates from the unfused one by up to {max_abs:.3g} "

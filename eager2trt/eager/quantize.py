@@ -39,25 +39,35 @@ def quantize(fused: torch.nn.Module, calib_batches: Iterable[torch.Tensor], acti
     model = copy.deepcopy(fused).eval().cpu()
     model.qconfig = qconfig(activation_dtype, calibration)
     tq.prepare(model, inplace=True)
+    example = None
     with torch.no_grad():
         for x in calib_batches:
             model(x)
+            example = x[:1] if example is None else example
+    if example is None:
+        raise PipelineError("no calibration batches were given; pass at least one float NCHW batch of inputs")
     with warnings.catch_warnings():
         # MobileNetV2's blocks without a residual never call their FloatFunctional; its unused observer's
         # "must run observer before calling calculate_qparams" is expected there.
         warnings.filterwarnings("ignore", message="must run observer before calling calculate_qparams")
         tq.convert(model, inplace=True)
-    _check_runs(model, activation_dtype, engine)
+    _check_runs(model, example, activation_dtype, engine)
     return model
 
 
-def _check_runs(qmodel: torch.nn.Module, activation_dtype: str, engine: str) -> None:
-    """Run one input so an unsupported dtype/engine pair fails here with a sentence, not later."""
+def _check_runs(qmodel: torch.nn.Module, example: torch.Tensor, activation_dtype: str, engine: str) -> None:
+    """Run one calibration-shaped input so an engine that cannot run the model fails here with its cause."""
     try:
         with torch.no_grad():
-            qmodel(torch.zeros(1, 3, 32, 32))
+            qmodel(torch.zeros_like(example))
     except (RuntimeError, NotImplementedError) as exc:
-        raise PipelineError(
-            f"torch {torch.__version__} cannot run {activation_dtype} activations on the {engine} engine "
-            f"({str(exc).splitlines()[0][:120]}); use --activation-dtype quint8, which maps exactly to "
-            f"TensorRT's int8 in the ONNX stage") from None
+        raise PipelineError(_cannot_run(str(exc).strip().splitlines()[0][:120], activation_dtype, engine)) from None
+
+
+def _cannot_run(first_line: str, activation_dtype: str, engine: str) -> str:
+    """The sentence for a converted model that does not run: the dtype advice only where the dtype is the cause."""
+    head = f"torch {torch.__version__}'s {engine} engine cannot run this INT8 model ({first_line})"
+    if activation_dtype != "quint8":
+        return f"{head}; use activation_dtype='quint8', which maps exactly to TensorRT's int8 in the ONNX stage"
+    # quint8 is what every CPU engine runs, so the failure is the engine's kernel for one of the model's layers
+    return f"{head}; quantize with another engine (engine='qnnpack' or 'onednn')"
