@@ -96,7 +96,11 @@ def fuse(model: torch.nn.Module, input_shape: tuple, num_checks: int = 4,
                                 f"was built for") from None
         out = fused(x)
     max_abs = (ref - out).abs().max().item()
-    if not torch.allclose(out, ref, rtol=FUSE_RTOL, atol=FUSE_ATOL):
+    # Folding BatchNorm into float32 weights changes each layer by float32 rounding of its own activations, so the
+    # error of a near-zero logit scales with the largest ones (random ResNet50 at 32 px: 8e-4 beside logits of 267,
+    # 4e-6 relative): the absolute tolerance grows with the output's magnitude; a wrong fusion is off by O(that).
+    atol = FUSE_ATOL + FUSE_RTOL * ref.abs().max().item()
+    if not torch.allclose(out, ref, rtol=FUSE_RTOL, atol=atol):
         raise PipelineError(f"fused model deviates from the unfused one by up to {max_abs:.3g} "
-                            f"(rtol {FUSE_RTOL}, atol {FUSE_ATOL}); the model is not fusable as-is")
+                            f"(rtol {FUSE_RTOL}, atol {atol:.3g}); the model is not fusable as-is")
     return fused, max_abs
