@@ -4,9 +4,13 @@ Placement decisions are small graph queries (which Add input is the conv branch,
 INT8 operation, which nodes must stay FP32), kept apart from the rewrites that act on them. The rules are
 TensorRT's (developer guide, "Explicit Quantization", Q/DQ layer placement: quantize the skip input of a
 residual Add, not the conv output feeding it, so Conv + Add + ReLU fuse into one INT8 kernel), the same
-ones NVIDIA ModelOpt's ONNX PTQ applies (`build_non_residual_input_map`, `remove_partial_input_qdq`).
-Unlike the exact rewrites these change the arithmetic (fewer rounding steps), so fast mode is verified by
-accuracy, not bit-exactness.
+ones NVIDIA ModelOpt's ONNX PTQ applies (`build_non_residual_input_map`, `remove_partial_input_qdq`). Beyond
+residual Adds, after the guide's Q/DQ propagation rules (Q moves backward, DQ forward, across layers that commute
+with quantization) and ModelOpt's copy-op, Conv-Act-Pool and concat-elimination rules: the Q/DQ the exporter puts
+around each data-movement op is folded (exact), Concat inputs share the output's scale, a max pool reads its
+conv's float output with the pair after it (exact), and a tensor quantized for one INT8 consumer is read through
+DQ by the others too. The residual and dangling-pair rules change the arithmetic (fewer rounding steps), so fast
+mode is verified by accuracy, not bit-exactness.
 """
 
 from collections import Counter, deque
@@ -318,8 +322,9 @@ def commute_qdq_through_maxpool(graph: gs.Graph) -> int:
 
 def share_concat_scales(graph: gs.Graph) -> int:
     """Quantize each Concat input with the Concat output's scale and zero point (ModelOpt's concat elimination),
-    so TensorRT's DQ-Q pairs around the concat cancel and it needs no requantization. The output Q already
-    clips to that range, so no value is clipped that was not before."""
+    so TensorRT's DQ-Q pairs around the concat cancel and it needs no requantization. Each input is then rounded
+    once, on the output's grid, exactly as a float Concat followed by the output's Q (TensorRT's Q moved back
+    across it), and clipped only where the output clips it."""
     plan = concat_inputs_to_rescale(graph)
     for out_q, q, dq in plan:
         for node in (q, dq):
