@@ -21,12 +21,14 @@ import onnx
 import torch
 
 from eager2trt.artifacts import atomic_path, write_json
-from eager2trt.checks.agreement import argmax_agreement, logits, relative_distance
+from eager2trt.checks.compare import argmax_agreement, relative_distance
 from eager2trt.checks.agreement_rule import agreement_rule
 from eager2trt.eager.export import export_onnx
 from eager2trt.eager.model import ARCHS, build_model, fuse, load_state_dict, variance_preserving_init
 from eager2trt.eager.quantize import quantize
 from eager2trt.errors import run_cli
+from eager2trt.runtime.backends import as_runner
+from eager2trt.runtime.backends import logits as run_logits
 from eager2trt.runtime.timing import environment
 
 ENGINES = ("qnnpack", "onednn")
@@ -51,6 +53,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def batches(n: int, shape: tuple, seed: int, batch: int = 2) -> list:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, *shape, generator=gen) for _ in range(max(1, n // batch))]
+
+
+def logits(model, batches: list) -> np.ndarray:
+    """Float64 logits of a torch module or an ONNX model (graph as written) through the project's one loop."""
+    return run_logits(as_runner(model), batches, desc=False).astype(np.float64)
 
 
 def figures(pt: np.ndarray, graph: np.ndarray, fp32: np.ndarray, real: bool = False) -> dict:

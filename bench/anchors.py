@@ -28,11 +28,10 @@ from eager2trt.eager.export import export_onnx
 from eager2trt.graph.lint import performance_summary
 from eager2trt.eager.model import build_model, fuse, load_state_dict
 from eager2trt.eager.quantize import quantize
-from eager2trt.graph.placement import make_fast, with_high_precision
 from eager2trt.graph.onnx_utils import load_onnx
-from eager2trt.graph.surgery import make_tensorrt_ready
+from eager2trt.pipeline import make_graph
 from eager2trt.runtime.timing import environment, measure
-from eager2trt.checks.compare import ort_logits, ort_session
+from eager2trt.runtime.backends import OnnxRunner, logits, ort_session
 
 MODELOPT_VARIANTS = [("max", "fp16"), ("max", "fp32"), ("entropy", "fp16"), ("entropy", "fp32")]
 
@@ -76,14 +75,14 @@ def ours(args, calib: torch.Tensor, work: Path) -> tuple[dict, torch.nn.Module]:
     fp32 = load_state_dict(build_model(), args.checkpoint, "resnet18").eval()
     int8 = quantize(fuse(fp32, tuple(calib.shape[1:]))[0], calib.split(128))
     exported = load_onnx(export_onnx(int8, work / contract.INT8_ONNX, calib[:1]))
-    exact, _ = make_tensorrt_ready(exported)
-    fast, report = make_fast(exported)
-    graphs = {"ours exact": exact, "ours fast, FP32 high precision": fast,
-              "ours fast, FP16 high precision": with_high_precision(fast, report, "fp16")}
+    graphs = {"ours exact": make_graph(exported, "exact"), "ours fast, FP32 high precision": make_graph(exported, "fast"),
+              "ours fast, FP16 high precision": make_graph(exported, "fast", "fp16")}
     files = {}
-    for name, model in graphs.items():
+    for name, graph in graphs.items():
+        if graph.refused:
+            raise PipelineError(f"{name}: {graph.refused}")
         files[name] = work / f"{name.replace(' ', '_').replace(',', '')}.onnx"
-        onnx.save(model, str(files[name]))
+        onnx.save(graph.model, str(files[name]))
     return files, int8
 
 
@@ -110,12 +109,12 @@ def modelopt(args, calib: torch.Tensor, work: Path) -> tuple[dict, dict]:
 
 
 def logits_of(path: Path, batches: list) -> np.ndarray:
-    return ort_logits(ort_session(path, optimize=True), batches)
+    return logits(OnnxRunner(path, optimize="all"), batches, desc=False)
 
 
 def latency_ms(path: Path, runs: int) -> dict:
     """onnxruntime CPU batch-1 latency, 1 thread, full graph optimizations."""
-    session = ort_session(path, optimize=True, threads=1)
+    session = ort_session(path, optimize="all", threads=1)
     x = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 32, 32), np.float32)}
     return measure(lambda: session.run(None, x), runs=runs, warmup=20)
 
@@ -168,7 +167,7 @@ def main(args) -> dict:
         with torch.no_grad():
             pt_logits = torch.cat([int8(torch.from_numpy(b)) for b in batches]).numpy()
         mo_files, mo_seconds = modelopt(args, calib, work)
-        fp32_logits = ort_logits(ort_session(fp32_onnx, optimize=True), batches)
+        fp32_logits = logits_of(fp32_onnx, batches)
         ref = {"fp32": fp32_logits.argmax(1), "pytorch_int8": pt_logits.argmax(1)}
         rows = [{"graph": "FP32 ONNX", "accuracy": float((ref["fp32"] == labels).mean()), "agreement_fp32": 1.0,
                  "agreement_pytorch_int8": float((ref["fp32"] == ref["pytorch_int8"]).mean())},

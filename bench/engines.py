@@ -15,7 +15,10 @@ from pathlib import Path
 
 import torch
 
-from eager2trt.checks.agreement import argmax_agreement, distance_ratio, logits, relative_distance
+from eager2trt.checks.agreement import distance_ratio
+from eager2trt.checks.compare import argmax_agreement, relative_distance
+from eager2trt.runtime.backends import as_runner, logits as run_logits
+from eager2trt.runtime.inputs import random_batches
 from eager2trt.artifacts import atomic_path, write_json
 from eager2trt.errors import run_cli
 from eager2trt.eager.export import export_onnx
@@ -38,8 +41,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def random_inputs(n: int, seed: int, batch: int = 8) -> list:
-    gen = torch.Generator().manual_seed(seed + 1)
-    return [torch.randn(batch, 3, 32, 32, generator=gen) for _ in range(max(1, n // batch))]
+    return random_batches((batch, 3, 32, 32), max(1, n // batch), seed + 1)
+
+
+def logits(model, batches: list):
+    return run_logits(as_runner(model), batches, desc=False).astype("float64")
 
 
 def fidelity(int8, onnx_path: Path, fp32_logits, batches: list) -> dict:

@@ -18,7 +18,6 @@ import onnx
 import torch
 
 from eager2trt.artifacts import atomic_path, write_json
-from eager2trt.checks.agreement import logits
 from eager2trt.checks.agreement_rule import agreement_rule, graph_activation_scales, model_activation_scales, scales_agree
 from eager2trt.checks.compare import equivalence, error_ratio
 from eager2trt.eager.export import export_onnx
@@ -29,6 +28,7 @@ from eager2trt.graph import lint
 from eager2trt.graph.onnx_utils import load_onnx
 from eager2trt.graph.placement import make_fast
 from eager2trt.graph.surgery import exact_refusal, make_tensorrt_ready
+from eager2trt.runtime.backends import as_runner, logits
 from eager2trt.runtime.timing import environment
 
 MATRIX = ("resnet18", "resnet50", "resnext101_32x8d", "mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x0_5",
@@ -54,6 +54,11 @@ def _qdq(model: onnx.ModelProto) -> str:
     return f"{ops.count('QuantizeLinear')}/{ops.count('DequantizeLinear')}"
 
 
+def _logits(model, batches: list):
+    """Logits of a torch module or an ONNX model (graph as written) through the project's one loop."""
+    return logits(as_runner(model), batches, desc=False)
+
+
 def _errors(findings: dict) -> list:
     return [f for fs in findings.values() for f in fs if f.level == "error"]
 
@@ -76,26 +81,27 @@ def convert(arch: str, size: int, work: Path, batch: int = 2, calib_batches: int
     int8 = quantize(fused, calib, engine="qnnpack")
     fp32_onnx = load_onnx(export_onnx(fp32, work / f"{arch}_fp32.onnx", calib[0]))
     original = load_onnx(export_onnx(int8, work / f"{arch}_int8.onnx", calib[0]))
-    numpy_inputs = [x.numpy() for x in inputs]
     refused = exact_refusal(original)
+    graph_logits = _logits(original, inputs)
     exact, row = None, {"model": arch, "size": size}
     if refused is None:
         exact, _ = make_tensorrt_ready(original)
-        eq = equivalence(original, exact, numpy_inputs)
-        row.update(exact="ok" if eq["ok"] and not _errors(lint.lint(exact)) else "FAILED",
-                   exact_max_abs_diff=eq["max_abs_diff"], exact_qdq=_qdq(exact))
+        eq = equivalence(graph_logits, _logits(exact, inputs))
+        row.update(exact="ok" if eq.passed and not _errors(lint.lint(exact)) else "FAILED",
+                   exact_max_abs_diff=eq.figures["max_abs_diff"], exact_qdq=_qdq(exact))
     else:
         row.update(exact=f"refused ({refused.kind})", exact_reason=str(refused), exact_qdq="-")
     fast, report = make_fast(original)
     found = lint.lint(fast, performance="error")
     summary = lint.performance_summary(fast)
-    ratio = error_ratio(fp32_onnx, original, fast, numpy_inputs)
+    fp32_logits = _logits(fp32_onnx, inputs)
+    ratio = error_ratio(fp32_logits, graph_logits, _logits(fast, inputs))
     torch.backends.quantized.engine = "qnnpack"
-    rule = agreement_rule(logits(int8, inputs), logits(original, inputs), logits(fp32, inputs))
+    rule = agreement_rule(_logits(int8, inputs), graph_logits, _logits(fp32, inputs))
     provenance = scales_agree(model_activation_scales(int8), graph_activation_scales(original))
     errors = _errors(found)
-    row.update(fast="ok" if not errors and ratio["ok"] else "FAILED", fast_lint_errors=len(errors),
-               fast_error_ratio=ratio["ratio"], fusable_adds=f"{summary['fusable_residual_adds']}/{summary['residual_adds']}",
+    row.update(fast="ok" if not errors and ratio.passed else "FAILED", fast_lint_errors=len(errors),
+               fast_error_ratio=ratio.figures["ratio"], fusable_adds=f"{summary['fusable_residual_adds']}/{summary['residual_adds']}",
                predicted_unfused=summary["predicted_unfused_layers"], requantize_layers=summary["requantize_layers"],
                unfused_elementwise=summary["unfused_elementwise"], export_qdq=_qdq(original), fast_qdq=_qdq(fast),
                rewrites={k: v for k, v in report["rewrites"].items() if v and k != "fold_constant_inputs"},

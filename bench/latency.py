@@ -77,7 +77,7 @@ def runs_for(batch: int, runs: int) -> int:
 
 
 def cpu_rows(a: dict, batches: list, runs: int) -> list:
-    from eager2trt.checks.compare import ort_session
+    from eager2trt.runtime.backends import ort_session
 
     def fns(threads: int, x: torch.Tensor) -> list:
         out = [(("PyTorch eager", "FP32"), lambda: a["fp32"](x)), (("PyTorch eager", "INT8 (ours)"), lambda: a["int8"](x)),
@@ -88,7 +88,7 @@ def cpu_rows(a: dict, batches: list, runs: int) -> list:
         # the export before surgery: uint8 activations (U8S8), the layout onnxruntime's x86 kernels prefer
         for precision, key in (("FP32", "fp32_onnx"), ("INT8 Q/DQ", "int8_onnx_modified"),
                                ("INT8 Q/DQ uint8 export", "int8_onnx")):
-            s = ort_session(a["files"][key], optimize=True, threads=threads)
+            s = ort_session(a["files"][key], optimize="all", threads=threads)
             out.append((("onnxruntime", precision), lambda s=s: s.run(None, {contract.INPUT_NAME: xn})))
         return out
 

@@ -36,6 +36,7 @@ ACCURACY_MATCH = 0.001  # an engine/graph matches its PyTorch model within 0.1 p
 FP16_ACCURACY_TOLERANCE = 0.001  # FP16 ONNX vs FP32 ONNX, 0.1 points
 # fast mode is held to accuracy, not bit-exactness: top-1 >= PyTorch INT8 minus this, per high precision
 # (fp16: onnxruntime runs QuantizeLinear on FP16 inputs in FP16 arithmetic; measured -0.24 points on ResNet18)
+ACCURACY_BUDGET = 1.0  # points of top-1 INT8 may lose against FP32 on held-out images before a run fails
 FAST_ACCURACY_DROP = {"fp32": 0.001, "fp16": 0.003}
 FAST_ERROR_RATIO = 1.25  # without data: fast graph's logit error vs FP32 within this multiple of the exact graph's
 # PyTorch INT8 vs its Q/DQ graph (eager2trt.checks.agreement). Real images: argmax agreement (shipped ResNet18: 0.9954

@@ -1,35 +1,47 @@
-"""The whole chain as one call: fusable FP32 eager model + calibration batches -> verified TensorRT-ready ONNX.
+"""The one place that decides what runs and what must pass: FP32 eager model -> verified TensorRT-ready ONNX.
 
     from eager2trt.pipeline import quantize_to_tensorrt
-    result = quantize_to_tensorrt(model, calibration_batches, "out/")
-    result.paths.int8_onnx_modified        # hand this to trtexec
+    result = quantize_to_tensorrt(model, calibration_batches, "out/", images=test_images, labels=test_labels)
+    result.paths.int8_onnx_modified        # hand this to trtexec (exact graph); result.paths.int8_onnx_fast (fast)
 
-Fuse (checked against the unfused model), quantize in eager mode (calibrated), export FP32/INT8 ONNX and
-INT8 TorchScript, rewrite the Q/DQ graph for TensorRT, lint it, and prove it computes the export's logits.
-The CLIs, the benchmarks and the tests all go through here.
+Fuse (checked against the unfused model), quantize in eager mode (calibrated), export FP32/INT8 ONNX and INT8
+TorchScript, rewrite the Q/DQ graph for TensorRT (exact and fast placement), lint it, and prove it: each model
+is run once per input set (random, and the caller's real images) through runtime.backends.logits, and every
+check (checks/*) reads those logits. A check that fails raises its one sentence (checks.result.require);
+graphs are written only after their checks pass. The CLIs parse arguments, call into here, print the
+result's checks and exit.
 """
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
+import numpy as np
 import onnx
 import torch
 
+from . import contract
 from .artifacts import ensure_writable_dir, save_onnx
-from .contract import EQUIVALENCE_ATOL, ArtifactPaths
-from .errors import PipelineError
+from .checks import compare
+from .checks.agreement import agreement
+from .checks.result import Check, require
+from .checks.rules import lint_checks
+from .contract import ArtifactPaths
+from .eager.calibration import DEFAULT_PERCENTILE
+from .eager.engines import AUTO
 from .eager.export import export_onnx, export_torchscript
-from .checks.agreement import check_agreement
-from .graph.lint import lint
 from .eager.model import fuse
-from .eager.engines import DEFAULT_ENGINE
 from .eager.quantize import quantize
+from .errors import PipelineError
+from .graph.lint import lint, performance_summary
 from .graph.onnx_utils import load_onnx
-from .graph.placement import make_fast, with_high_precision
+from .graph.placement import HIGH_PRECISIONS, make_fast, with_high_precision
 from .graph.surgery import make_tensorrt_ready
-from .checks.compare import equivalence, error_ratio, input_shape, random_batches
+from .runtime.backends import OnnxRunner, PyTorchRunner, accuracy_of, logits
+from .runtime.inputs import onnx_input_shape, random_batches
+
+MODES = ("exact", "fast")
 
 
 @dataclass
@@ -37,24 +49,67 @@ class QuantizeConfig:
     """How to quantize: the project's TensorRT-exact scheme by default."""
 
     activation_dtype: str = "quint8"
-    calibration: str = "histogram"
-    engine: str = DEFAULT_ENGINE  # onednn: its arithmetic matches the Q/DQ graph (x86/fbgemm drift)
+    # percentile needs no labels and was best or within 0.2 points of the best on every model measured but ResNet50
+    # (docs/quantization.md, "Calibration"); auto (needs holdout) is what the CIFAR-10 jobs use
+    calibration: str = "percentile"
+    engine: str = AUTO  # the first engine whose arithmetic matches the Q/DQ graph on this machine (eager/engines.py)
+    percentile: float = DEFAULT_PERCENTILE  # for calibration "percentile" (and the percentile candidate of "auto")
+
+
+@dataclass
+class Inputs:
+    """The input sets every model is run on: seeded random batches, and optionally real images (with labels)."""
+
+    random: list
+    real: Optional[list] = None
+    labels: Optional[torch.Tensor] = None
+
+    def sets(self) -> dict:
+        return {"random": self.random, **({"real": self.real} if self.real is not None else {})}
+
+
+@dataclass
+class Graph:
+    """One TensorRT-ready graph: where it was written (None: refused or failed), why not, what changed, its checks."""
+
+    mode: str
+    high_precision: str = "fp32"
+    path: Optional[Path] = None
+    refused: Optional[str] = None
+    report: dict = field(default_factory=dict)
+    performance: dict = field(default_factory=dict)
+    checks: list = field(default_factory=list)
+    accuracy: Optional[float] = None
+    model: Optional[onnx.ModelProto] = field(default=None, repr=False)
+    logits: dict = field(default_factory=dict, repr=False)
+
+    def record(self) -> dict:
+        return {"mode": self.mode, "high_precision": self.high_precision, "output": str(self.path) if self.path else None,
+                "refused": self.refused, **self.report, "performance": self.performance, "accuracy": self.accuracy,
+                "checks": {c.name: c.as_dict() for c in self.checks}}
 
 
 @dataclass
 class PipelineResult:
-    """What the chain produced and the evidence that each step kept the model's meaning."""
+    """What the chain produced, the evidence (every check, in order) and the accuracies on labelled images."""
 
     fp32: torch.nn.Module
     int8: torch.nn.Module
     int8_torchscript: torch.jit.ScriptModule
     paths: ArtifactPaths
-    fusion_max_abs_diff: float
-    surgery: dict  # rewrite counts, op counts before and after
-    lint: dict  # rule -> findings (all empty: the pipeline stops otherwise)
-    equivalence: dict  # exact surgery vs the export, on random (and given) inputs
-    agreement: dict  # PyTorch INT8 vs its Q/DQ graph (and both vs FP32)
-    fast: Optional[dict] = None  # fast placement: rewrite report, lint, error ratio (when asked for)
+    engine: str
+    graphs: dict
+    checks: list
+    accuracy: dict  # fp32, int8, exact, fast: top-1 on the labelled images (empty without labels)
+    logits: dict = field(default_factory=dict, repr=False)  # model -> input set -> logits
+    notes: list = field(default_factory=list)  # what was not checked, and why
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+    @property
+    def fusion_max_abs_diff(self) -> float:
+        return self.check("fusion").value
 
 
 def _peek(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, Iterable[torch.Tensor]]:
@@ -63,82 +118,290 @@ def _peek(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, Iterable[torch
     try:
         first = next(it)
     except StopIteration:
-        raise PipelineError("no calibration batches were given; pass at least one batch of real inputs") from None
+        raise PipelineError("calibration_batches is empty; pass at least one batch of real inputs") from None
     if not isinstance(first, torch.Tensor) or first.dim() != 4 or not first.is_floating_point():
-        raise PipelineError(f"calibration batches must be float NCHW tensors, got "
-                            f"{type(first).__name__} {tuple(getattr(first, 'shape', ()))}; pass normalized images")
+        raise PipelineError(f"calibration_batches must hold float NCHW tensors, got {type(first).__name__} "
+                            f"{tuple(getattr(first, 'shape', ()))} {getattr(first, 'dtype', '')}; pass normalized images")
     return first, itertools.chain([first], it)
 
 
-def make_tensorrt_ready_file(source: Path, target: Path, check_inputs: Optional[list] = None,
-                             atol: float = EQUIVALENCE_ATOL) -> tuple[onnx.ModelProto, dict, dict, dict]:
-    """Exact surgery on an INT8 ONNX file, lint, equivalence on random (+ given) inputs, atomic write."""
-    original = load_onnx(source)
-    ready, report = make_tensorrt_ready(original)
-    findings = _lint_or_raise(ready)
-    batches = random_batches(n=2, shape=input_shape(original, batch_size=4)) + list(check_inputs or [])
-    eq = equivalence(original, ready, batches, atol=atol)
-    if not eq["ok"]:
-        raise PipelineError(f"the rewritten graph deviates from the export by {eq['max_abs_diff']:.3g} (> {atol:g}); "
-                            f"it is not the same model")
-    save_onnx(ready, target)
-    return ready, report, findings, eq
+def fusion_check(fp32: torch.nn.Module, image_shape: tuple) -> tuple[torch.nn.Module, Check]:
+    """The fused model (conv+bn+relu) and the check that it computes what the unfused one does."""
+    fused, max_abs = fuse(fp32, input_shape=image_shape)  # raises with its sentence beyond the tolerance
+    return fused, Check("fusion", max_abs, f"allclose rtol {contract.FUSE_RTOL:g} atol {contract.FUSE_ATOL:g}", True,
+                        detail="fused vs unfused FP32 model, max abs difference on 4 random inputs")
 
 
-def _lint_or_raise(model: onnx.ModelProto, level: Optional[str] = None) -> dict:
-    """Every rule's findings; one sentence naming the first broken rule and node otherwise."""
-    findings = lint(model, level) if level else lint(model)
-    failed = {rule: f for rule, f in findings.items() if any(x.level == "error" for x in f)}
-    if failed:
-        rule, f = next(iter(failed.items()))
-        raise PipelineError(f"the rewritten graph breaks TensorRT's rule {rule} at {f[0].node} ({f[0].message}) "
-                            f"and {sum(map(len, failed.values())) - 1} more places; the surgery does not handle "
-                            f"this graph yet")
-    return findings
+def make_graph(export: onnx.ModelProto, mode: str, high_precision: str = "fp32", allow_fp32: bool = False) -> Graph:
+    """Rewrite an INT8 export into the exact or fast TensorRT-ready graph; a refused rewrite is recorded, not raised."""
+    graph = Graph(mode, high_precision)
+    try:
+        if mode == "exact":
+            graph.model, graph.report = make_tensorrt_ready(export, allow_fp32=allow_fp32)
+        else:
+            fast32, graph.report = make_fast(export, allow_fp32=allow_fp32)
+            graph.model = with_high_precision(fast32, graph.report, high_precision)
+    except PipelineError as exc:
+        graph.refused = str(exc)
+        return graph
+    graph.performance = performance_summary(graph.model)
+    return graph
 
 
-def make_fast_file(source: Path, fp32_onnx: Path, target: Path, high_precision: str = "fp32",
-                   batches: Optional[list] = None) -> dict:
-    """Fast placement on an INT8 ONNX file, linted with the performance rules as errors, its logit error vs
-    FP32 held within FAST_ERROR_RATIO of the exact graph's on `batches` (random by default); atomic write."""
-    original = load_onnx(source)
-    fast32, report = make_fast(original)
-    fast = with_high_precision(fast32, report, high_precision)
-    findings = _lint_or_raise(fast, "error")
-    batches = batches or random_batches(n=2, shape=input_shape(original, batch_size=8))
-    ratio = error_ratio(load_onnx(fp32_onnx), original, fast, batches)
-    if not ratio["ok"]:
-        raise PipelineError(f"the fast graph's error against FP32 is {ratio['ratio']:.2f}x the exact graph's "
-                            f"(bound {ratio['bound']:g}x); use the exact graph for this model")
-    save_onnx(fast, target)
-    return {"report": report, "lint": findings, "error_ratio": ratio}
+def run_graph(graph: Graph, inputs: Inputs) -> None:
+    """The graph's logits on every input set (onnxruntime, the graph as written), once."""
+    if graph.model is not None:
+        runner = OnnxRunner(graph.model)
+        graph.logits = {k: logits(runner, v, desc=f"{graph.mode} graph ({k})") for k, v in inputs.sets().items()}
+
+
+def check_exact(graph: Graph, export_logits: dict, atol: float = contract.EQUIVALENCE_ATOL) -> None:
+    """Lint (performance rules as warnings) and bit-equivalence with the export on every input set."""
+    graph.checks = lint_checks(lint(graph.model, performance="warning"))
+    ref = np.concatenate([export_logits[k] for k in graph.logits])
+    got = np.concatenate([graph.logits[k] for k in graph.logits])
+    graph.checks.append(compare.equivalence(ref, got, atol))
+
+
+def check_fast(graph: Graph, fp32_logits: dict, export_logits: dict, inputs: Inputs,
+               reference: Optional[tuple] = None) -> None:
+    """Lint with the performance rules as errors; then, on labelled images, top-1 against the PyTorch INT8
+    `reference` (accuracy, name) minus the high precision's allowance, else the random-input error ratio."""
+    graph.checks = lint_checks(lint(graph.model, performance="error"), fix="use the exact graph for this model")
+    if inputs.labels is not None and reference is not None:
+        acc, name = reference
+        graph.checks.append(compare.accuracy_at_least(
+            "fast_accuracy", graph.logits["real"], inputs.labels, acc, contract.FAST_ACCURACY_DROP[graph.high_precision],
+            name, fix="use the exact graph for this model", agreement_with=export_logits.get("real")))
+    elif fp32_logits:
+        graph.checks.append(compare.error_ratio(fp32_logits["random"], export_logits["random"], graph.logits["random"]))
+
+
+def accuracy_guard(name: str, accuracy: float, fp32_accuracy: float, budget: float, what: str) -> Check:
+    """INT8 top-1 no more than `budget` points below FP32 on held-out labelled images."""
+    return Check(name, accuracy, f">= {fp32_accuracy - budget / 100:.4f}", accuracy >= fp32_accuracy - budget / 100 - 1e-9,
+                 detail=f"{what} vs FP32 {fp32_accuracy:.4f} on held-out images, budget {budget:g} points",
+                 fix="INT8 loses more accuracy than the budget allows; try another calibration (e.g. percentile or "
+                     "entropy, or calibrate on fewer images), or run eager2trt-sensitivity on the INT8 ONNX to find "
+                     "the layers that lose it",
+                 figures={"accuracy": accuracy, "fp32_accuracy": fp32_accuracy, "budget_points": budget})
+
+
+def write_graph(graph: Graph, path: Path) -> None:
+    """Write a graph whose checks all passed (atomic, onnx.checker and an onnxruntime load first)."""
+    save_onnx(graph.model, path)
+    graph.path = Path(path)
+
+
+def _check_fast_choice(fast: Optional[str]) -> None:
+    if fast is not None and fast not in HIGH_PRECISIONS:
+        raise PipelineError(f"unknown fast={fast!r}; choose one of {', '.join(HIGH_PRECISIONS)}, or None for no fast graph")
+
+
+def _check_images(images: Optional[list], labels, example: torch.Tensor) -> Optional[list]:
+    """Real images as float NCHW tensors of the calibration images' shape; labels one per image."""
+    if images is None:
+        if labels is not None:
+            raise PipelineError("labels were given without images; pass the images they label")
+        return None
+    images = [torch.as_tensor(b) for b in images]
+    bad = [i for i, b in enumerate(images) if b.dim() != 4 or b.shape[1:] != example.shape[1:] or not b.is_floating_point()]
+    if bad:
+        b = images[bad[0]]
+        raise PipelineError(f"images[{bad[0]}] has shape {tuple(b.shape)} and dtype {b.dtype}; it must be float NCHW "
+                            f"like the calibration batches, (N, {', '.join(map(str, example.shape[1:]))})")
+    if labels is not None and len(labels) != sum(len(b) for b in images):
+        raise PipelineError(f"labels has {len(labels)} entries for {sum(len(b) for b in images)} images; pass one "
+                            f"label per image")
+    return images
 
 
 def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[torch.Tensor], output_dir: Path,
-                         config: Optional[QuantizeConfig] = None, check_inputs: Optional[list] = None,
-                         agreement_inputs: Optional[list] = None, fast: Optional[str] = None) -> PipelineResult:
+                         config: Optional[QuantizeConfig] = None, *, images: Optional[list] = None,
+                         labels: Optional[torch.Tensor] = None, fast: Optional[str] = "fp32",
+                         accuracy_budget: float = contract.ACCURACY_BUDGET,
+                         holdout: Optional[tuple] = None) -> PipelineResult:
     """Fuse, quantize, export and make TensorRT-ready, verifying each step; write every artifact to output_dir.
 
     `fp32` needs torchvision's quantizable-model contract: QuantStub/DeQuantStub around forward, FloatFunctional
-    for additions, and a `fuse_model()` method (see README, "Bring your own model"). `check_inputs` are extra
-    float32 numpy batches (e.g. real test images) the equivalence check also runs on. `agreement_inputs` are
-    real float NCHW batches for the PyTorch-INT8-vs-graph agreement check (else it runs on random inputs,
-    held to a tighter bound). `fast` ("fp32" or "fp16" high precision) also writes the fast-placement graph.
+    for additions, and a `fuse_model()` method (docs/bring_your_own_model.md). `images` are real float NCHW
+    batches held out from calibration (e.g. the test set): with them PyTorch INT8 is compared with its graph on
+    real data (argmax agreement) and equivalence covers them too; with `labels` as well, every model's top-1 is
+    measured and INT8 must stay within `accuracy_budget` points of FP32 (the accuracy guard), and the fast graph
+    within its allowance of PyTorch INT8. Without labels accuracy is not checked (the result says so).
+    `fast` ("fp32" or "fp16" high precision, None for none) also writes the fast-placement graph. `holdout` =
+    (batches, labels) of training images not used for calibration: what calibration "auto" chooses on.
     """
     config = config or QuantizeConfig()
-    paths = ArtifactPaths(ensure_writable_dir(output_dir))
+    _check_fast_choice(fast)
     example, calibration_batches = _peek(calibration_batches)
+    images = _check_images(images, labels, example)
+    paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"))
     fp32 = fp32.eval().cpu()
-    fused, fuse_err = fuse(fp32, input_shape=tuple(example.shape[1:]))
-    int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine)
+    fused, fusion = fusion_check(fp32, tuple(example.shape[1:]))
+    int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine,
+                    config.percentile, holdout)
+    engine = torch.backends.quantized.engine
     export_onnx(fp32, paths.fp32_onnx, example=example)
     export_onnx(int8, paths.int8_onnx, example=example)
     int8_ts = export_torchscript(int8, paths.int8_torchscript, example=example)
-    _, report, findings, eq = make_tensorrt_ready_file(paths.int8_onnx, paths.int8_onnx_modified, check_inputs)
-    real = agreement_inputs is not None
-    inputs = agreement_inputs if real else [torch.randn(example.shape, generator=torch.Generator().manual_seed(i))
-                                            for i in range(4)]
-    agreement = check_agreement(int8, paths.int8_onnx, fp32, inputs, real=real)
-    fast_result = make_fast_file(paths.int8_onnx, paths.fp32_onnx, paths.int8_onnx_fast, fast) if fast else None
-    return PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, fusion_max_abs_diff=fuse_err,
-                          surgery=report, lint=findings, equivalence=eq, agreement=agreement, fast=fast_result)
+    export = load_onnx(paths.int8_onnx)
+    inputs = Inputs(random_batches((8, *example.shape[1:]), n=4), images, labels)
+
+    out = {name: {k: logits(runner, v, desc=f"{name} ({k})") for k, v in inputs.sets().items()}
+           for name, runner in (("fp32", PyTorchRunner(fp32)), ("int8", PyTorchRunner(int8)),
+                                ("export", OnnxRunner(export)))}
+    real = images is not None
+    checks = [fusion, agreement(out["int8"]["real" if real else "random"], out["export"]["real" if real else "random"],
+                                out["fp32"]["real" if real else "random"], real=real, engine=engine)]
+    accuracy = {}
+    if labels is not None:
+        accuracy = {k: accuracy_of(out[k]["real"], labels) for k in ("fp32", "int8")}
+        checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
+                                     f"PyTorch INT8 ({engine} engine)"))
+    notes = [] if labels is not None else [_accuracy_not_checked(out, "real" if real else "random")]
+    if labels is not None and not checks[-1].passed:
+        checks[-1] = _name_worst_layers(checks[-1], export, load_onnx(paths.fp32_onnx), images, labels)
+    for c in checks:
+        require(c)
+
+    graphs = {"exact": make_graph(export, "exact")}
+    if fast:
+        graphs["fast"] = make_graph(export, "fast", fast)
+    reference = (accuracy["int8"], f"PyTorch INT8 ({engine})") if accuracy else None
+    for g in graphs.values():
+        run_graph(g, inputs)
+        if g.model is None:
+            continue
+        if g.mode == "exact":
+            check_exact(g, out["export"])
+        else:
+            check_fast(g, out["fp32"], out["export"], inputs, reference)
+        if labels is not None:
+            g.accuracy = accuracy_of(g.logits["real"], labels)
+            g.checks.append(accuracy_guard(f"{g.mode}_graph_accuracy", g.accuracy, accuracy["fp32"], accuracy_budget,
+                                           f"the {g.mode} graph"))
+            accuracy[g.mode] = g.accuracy
+    _require_graphs(graphs)
+    for g in graphs.values():
+        if g.model is not None:
+            write_graph(g, paths.int8_onnx_modified if g.mode == "exact" else paths.int8_onnx_fast)
+    return PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, engine=engine, graphs=graphs,
+                          checks=checks + [c for g in graphs.values() for c in g.checks], accuracy=accuracy,
+                          logits={**out, **{g.mode: g.logits for g in graphs.values()}},
+                          notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values() if g.refused])
+
+
+GUARD_IMAGES = 500  # labelled images the failing accuracy guard's layer ranking runs on (one run per layer)
+
+
+def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelProto, images: list, labels) -> Check:
+    """The failed accuracy guard, its fix naming the layers that recover most when left alone in float
+    (graph/sensitivity.py, leave-one-out on up to GUARD_IMAGES of the held-out images)."""
+    from .graph.sensitivity import worst_layers
+
+    xs = torch.cat(images)[:GUARD_IMAGES]
+    names = worst_layers(export, [b.numpy() for b in xs.split(250)], np.asarray(labels[:len(xs)]), fp32=fp32, k=3)
+    fix = (f"INT8 loses more accuracy than the budget allows; the layers that recover most when left in float are "
+           f"{', '.join(names)}: try calibration='auto' (or percentile, entropy), eager2trt-sensitivity --fallback on "
+           f"{contract.INT8_ONNX} to keep the fewest layers in float, or QAT (eager2trt.eager.qat)")
+    return replace(check, fix=fix, figures={**check.figures, "worst_layers": names})
+
+
+def _accuracy_not_checked(out: dict, inputs: str) -> str:
+    """What a run without labels can say instead of accuracy: INT8's logit error against FP32."""
+    rel = compare.relative_distance(out["int8"][inputs], out["fp32"][inputs])
+    return (f"accuracy was not checked (no labels): PyTorch INT8 logits are {rel:.3f} relative distance from FP32 on "
+            f"{len(out['int8'][inputs])} {inputs} inputs; pass images= and labels= (held-out real data) to check it")
+
+
+def _require_graphs(graphs: dict) -> None:
+    """Every graph that was made must pass all its checks; at least one graph must have been made."""
+    for g in graphs.values():
+        for c in g.checks:
+            require(c)
+    if all(g.model is None for g in graphs.values()):
+        reasons = "; ".join(f"{g.mode}: {g.refused}" for g in graphs.values())
+        raise PipelineError(f"no TensorRT-ready graph could be made ({reasons})")
+
+
+def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision: str = "fp32",
+                 images: Optional[list] = None, labels: Optional[torch.Tensor] = None,
+                 fp32_onnx: Optional[Path] = None, reference: Optional[tuple] = None, allow_fp32: bool = False,
+                 verify: bool = True, atol: float = contract.EQUIVALENCE_ATOL) -> Graph:
+    """One INT8 ONNX file -> its exact or fast TensorRT-ready graph, checked as in quantize_to_tensorrt, written.
+
+    Exact: lint and bit-equivalence with `source` on random inputs (+ `images`). Fast: lint with performance rules
+    as errors, then top-1 on labelled `images` against `reference` = (PyTorch INT8 logits on those images, name)
+    (default: the source graph's own logits, which exact mode keeps bit for bit); or, without labels, the logit
+    error against `fp32_onnx` within FAST_ERROR_RATIO of the exact graph's; or the lint alone (recorded).
+    With a PyTorch `reference`, the source graph must also agree with it (the agreement check on real images).
+    """
+    if mode not in MODES:
+        raise PipelineError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    original = load_onnx(source)
+    graph = make_graph(original, mode, high_precision, allow_fp32)
+    if graph.refused is not None:
+        raise PipelineError(graph.refused)
+    if verify:
+        shape = onnx_input_shape(original, batch_size=8)
+        inputs = Inputs(random_batches(tuple(shape), n=4), images, labels)
+        export_logits = {k: logits(OnnxRunner(original), v, desc=f"input graph ({k})") for k, v in inputs.sets().items()}
+        run_graph(graph, inputs)
+        if mode == "exact":
+            check_exact(graph, export_logits, atol)
+        else:
+            _verify_fast_file(graph, export_logits, inputs, fp32_onnx, reference)
+        if labels is not None:
+            graph.accuracy = accuracy_of(graph.logits["real"], labels)
+        for c in graph.checks:
+            require(c)
+    write_graph(graph, target)
+    return graph
+
+
+def _verify_fast_file(graph: Graph, export_logits: dict, inputs: Inputs, fp32_onnx: Optional[Path],
+                      reference: Optional[tuple]) -> None:
+    """check_fast with what a file-level run has: a PyTorch reference (checked to agree with the source graph),
+    else the source graph's own accuracy; an FP32 ONNX for the random-input error ratio."""
+    ref = None
+    if inputs.labels is not None:
+        if reference is not None:
+            ref_logits, name = reference
+            graph.checks.append(agreement(ref_logits, export_logits["real"], None, real=True, engine=None, source=name))
+            ref = (accuracy_of(ref_logits, inputs.labels), name)
+        else:
+            ref = (accuracy_of(export_logits["real"], inputs.labels), "the input graph (= PyTorch INT8 up to rounding)")
+    fp32_logits = {}
+    if fp32_onnx is not None:
+        fp32_logits = {"random": logits(OnnxRunner(fp32_onnx), inputs.random, desc="FP32 graph")}
+    agreement_checks = graph.checks
+    check_fast(graph, fp32_logits, export_logits, inputs, ref)
+    graph.checks = agreement_checks + graph.checks
+    if ref is None and not fp32_logits:
+        graph.checks.append(Check("fast_error_ratio", None, "not measured", True,
+                                  detail="no labelled images and no FP32 ONNX: only the lint ran"))
+
+
+def write_fp16(fp32_onnx: Path, target: Path, images: Optional[list] = None, labels: Optional[torch.Tensor] = None,
+               fp32_accuracy: Optional[float] = None, reference_name: str = "the FP32 ONNX") -> list[Check]:
+    """FP16 ONNX (float32 I/O) for strongly typed TensorRT; with labelled images, its top-1 held to FP32's within
+    FP16_ACCURACY_TOLERANCE (`fp32_accuracy` when the caller measured it already, else the FP32 ONNX's). Written
+    only when the check passes."""
+    from .graph.fp16 import refuse_quantized, to_fp16
+
+    source = load_onnx(fp32_onnx)
+    refuse_quantized(source, fp32_onnx)
+    fp16 = to_fp16(source)
+    checks = []
+    if labels is not None:
+        if fp32_accuracy is None:
+            fp32_accuracy = accuracy_of(logits(OnnxRunner(source), images, desc="FP32 ONNX"), labels)
+        checks.append(compare.accuracy_matches(
+            "fp16_accuracy", logits(OnnxRunner(fp16), images, desc="FP16 ONNX"), labels, fp32_accuracy,
+            reference_name, contract.FP16_ACCURACY_TOLERANCE,
+            fix="keep sensitive layers in FP32 (e.g. ModelOpt AutoCast) before building the FP16 engine"))
+    for c in checks:
+        require(c)
+    save_onnx(fp16, target)
+    return checks

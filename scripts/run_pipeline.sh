@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: quantize the shipped checkpoint, export, make the Q/DQ graph TensorRT-ready (exact and fast
-# placement), validate both in onnxruntime on the real test set, and (where trtexec exists) build and
+# placement) and verify both on the real test set, in one process; then, where trtexec exists, build and
 # validate the TensorRT engines.
 #
 #   scripts/run_pipeline.sh [DATA_DIR] [extra resnet_torch.py flags...]
@@ -23,20 +23,13 @@ if ! flock -n 9; then
 fi
 export EAGER2TRT_LOCKED_DIRS="$(cd "$OUT" && pwd -P)${EAGER2TRT_LOCKED_DIRS:+:$EAGER2TRT_LOCKED_DIRS}"
 
+# One process: quantize, export, make both TensorRT-ready graphs, verify them on the test set, FP16 ONNX.
 if [ "${TRAIN:-0}" = 1 ] || [ ! -f "$CKPT" ]; then
-  $PY resnet_torch.py --data-dir "$DATA" --output-dir "$OUT" "$@"
+  echo "no checkpoint at $CKPT (or TRAIN=1): training from scratch first" >&2
+  $PY resnet_torch.py --data-dir "$DATA" --output-dir "$OUT" --fp16-onnx "$@"
 else
-  $PY resnet_torch.py --data-dir "$DATA" --output-dir "$OUT" --checkpoint "$CKPT" "$@"
+  $PY resnet_torch.py --data-dir "$DATA" --output-dir "$OUT" --checkpoint "$CKPT" --fp16-onnx "$@"
 fi
-$PY onnx_gs.py --input "$OUT/resnet_quantized_cifar10.onnx" --output "$OUT/resnet_quantized_cifar10_modified.onnx" \
-  --data-dir "$DATA" --metrics "$OUT/metrics.json"
-# Fast mode: the placement TensorRT fuses best, held to PyTorch INT8 accuracy (not bit-exactness).
-$PY onnx_gs.py --mode fast --input "$OUT/resnet_quantized_cifar10.onnx" \
-  --output "$OUT/resnet_quantized_cifar10_fast.onnx" --data-dir "$DATA" --metrics "$OUT/metrics.json"
-$PY -m eager2trt.cli.fp16 --input "$OUT/resnet_cifar10.onnx" --output "$OUT/resnet_cifar10_fp16.onnx" --data-dir "$DATA"
-for graph in resnet_quantized_cifar10_modified resnet_quantized_cifar10_fast; do
-  $PY resnet_tensorrt.py --onnx "$OUT/$graph.onnx" --data-dir "$DATA" --metrics "$OUT/metrics.json"
-done
 # NGC TensorRT images put trtexec in one of these without always adding it to PATH
 for dir in /opt/tensorrt/bin /usr/src/tensorrt/bin; do
   command -v trtexec >/dev/null 2>&1 || [ ! -x "$dir/trtexec" ] || PATH="$dir:$PATH"

@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from eager2trt.checks.agreement import logits
+from eager2trt.runtime.backends import as_runner, logits as run_logits
 from eager2trt.checks.agreement_rule import (agreement_rule, graph_activation_scales, model_activation_scales,
                                              rule_from_distances, scales_agree)
 from eager2trt.contract import AGREEMENT_BALANCE_MAX, AGREEMENT_RATIO_MAX
@@ -14,6 +14,10 @@ from eager2trt.eager.model import build_model, fuse, variance_preserving_init
 from eager2trt.eager.quantize import quantize
 
 N, C = 64, 10
+
+
+def logits(model, batches):
+    return run_logits(as_runner(model), batches, desc=False)
 
 
 def noise(seed, scale=0.1):

@@ -136,3 +136,16 @@ def test_corrupt_cache_is_discarded_and_rebuilt_with_a_notice(tmp_path, capsys, 
     assert torch.equal(again["test"].labels, good["test"].labels)
     with np.load(cache) as z:  # rebuilt: readable again
         assert z["train_x"].shape == (200, 32, 32, 3)
+
+
+def test_calibration_batches_cover_every_class_of_a_class_sorted_split():
+    """An image folder is decoded class by class; the first calibration batch must not be one class only."""
+    from eager2trt.eager.data import calibration_batches
+
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as an image folder is read
+    images = (labels * 20).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
+    first = next(calibration_batches(Split(images, labels), batch_size=64, limit=1))
+    classes = torch.unique(torch.round((first[:, 0, 0, 0] * STD[0] + MEAN[0]) * 255 / 20))
+    assert first.shape == (64, 3, 2, 2) and len(classes) == 10
+    assert sum(len(b) for b in calibration_batches(Split(images, labels), 64, limit=3)) == 192
+    assert sum(len(b) for b in calibration_batches(Split(images, labels), 64)) == 1000

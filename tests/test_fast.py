@@ -17,7 +17,8 @@ from eager2trt.errors import PipelineError
 from eager2trt.eager.export import export_onnx
 from eager2trt.eager.model import fuse
 from eager2trt.eager.quantize import quantize
-from eager2trt.checks.compare import equivalence, error_ratio, random_batches
+from eager2trt.runtime.inputs import random_batches
+from graph_checks import ort_equivalence, ort_error_ratio
 from qdq_graphs import QdqBuilder, hardsigmoid_graph, residual_graph
 
 FEATURES = (1, 4, 4, 4)
@@ -36,7 +37,7 @@ def source(t):
 
 
 def batches(n=3):
-    return random_batches(n=n, shape=FEATURES)
+    return random_batches(FEATURES, n)
 
 
 # ---------------------------------------------------------------- queries
@@ -125,7 +126,7 @@ def test_fold_qdq_after_data_movement_is_exact_and_keeps_the_pair_before():
     gemm = next(n for n in g.nodes if n.op == "Gemm")
     assert source(gemm.inputs[0]).op == "Flatten" and source(source(gemm.inputs[0]).inputs[0]).op == "DequantizeLinear"
     assert placement.fold_qdq_after_data_movement(g) == 0
-    assert equivalence(model, gs.export_onnx(g), batches(), atol=1e-6)["ok"]  # moving int8 values keeps them
+    assert ort_equivalence(model, gs.export_onnx(g), batches()).passed  # moving int8 values keeps them
     other = graph_of(residual_graph(flat_scale=0.03))
     assert placement.fold_qdq_after_data_movement(other) == 0  # another scale: a real requantization
 
@@ -139,8 +140,8 @@ def test_make_fast_counts_and_stays_close_to_the_exact_graph():
                                   "share_concat_scales": 0, "commute_qdq_through_maxpool": 0,
                                   "drop_dangling_qdq": 1, "int8_zero_points": 8}
     onnx.checker.check_model(fast, full_check=True)
-    eq = equivalence(exact, fast, batches(), atol=0.5)  # one rounding step less per place, not bit-exact
-    assert eq["ok"] and eq["max_abs_diff"] > 0 and eq["argmax_agreement"] == 1.0
+    eq = ort_equivalence(exact, fast, batches(), atol=0.5)  # one rounding step less per place, not bit-exact
+    assert eq.passed and eq.figures["max_abs_diff"] > 0 and eq.figures["argmax_agreement"] == 1.0
 
 
 def test_fast_mode_drops_fixed_qparam_pairs_before_the_zero_point_mapping():
@@ -152,7 +153,7 @@ def test_fast_mode_drops_fixed_qparam_pairs_before_the_zero_point_mapping():
     g = graph_of(fast)
     assert source(next(n for n in g.nodes if n.op == "HardSigmoid").inputs[0]).op == "Conv"
     assert not any(lint.lint(fast, performance="error").values())
-    assert equivalence(model, fast, batches(), atol=0.5)["ok"]
+    assert ort_equivalence(model, fast, batches(), atol=0.5).passed
 
 
 def test_fp16_high_precision_is_typed_with_float32_io():
@@ -165,8 +166,8 @@ def test_fp16_high_precision_is_typed_with_float32_io():
     g = graph_of(fp16)
     assert all(n.inputs[1].values.dtype == np.float16 for n in onnx_utils.qdq_nodes(g))
     assert onnx_utils.op_counts(g)["Cast"] == 2 and report["rewrites"]["high_precision_fp16"] > 0
-    eq = equivalence(fast, fp16, batches(), atol=0.05)
-    assert eq["ok"] and eq["argmax_agreement"] == 1.0
+    eq = ort_equivalence(fast, fp16, batches(), atol=0.05)
+    assert eq.passed and eq.figures["argmax_agreement"] == 1.0
     assert lint.performance_summary(fp16)["high_precision"] == "fp16"
 
 
@@ -189,8 +190,8 @@ def test_fp16_keeps_overflowing_ranges_and_constants_fp32_and_says_so():
     kept = " ".join(report["kept_fp32"])
     assert "calibrated range 1.27e+05 overflows FP16" in kept and f"constant {bias} exceeds FP16" in kept
     assert lint.performance_summary(fp16)["high_precision"].startswith("fp16 (")
-    out = equivalence(fast, fp16, batches(), atol=1e9)
-    assert np.isfinite(out["max_abs_diff"])
+    out = ort_equivalence(fast, fp16, batches(), atol=1e9)
+    assert np.isfinite(out.figures["max_abs_diff"])
 
 
 def test_unknown_high_precision_is_refused():
@@ -254,10 +255,10 @@ def test_error_ratio_passes_fast_mode_and_fails_a_graph_further_from_fp32():
     exact, _ = surgery.make_tensorrt_ready(residual_graph(head=False))
     fast, _ = placement.make_fast(exact)
     reference = _float_version(exact)
-    good = error_ratio(reference, exact, fast, batches())
-    assert good["ok"] and good["exact_error"] > 0 and good["bound"] == 1.25
-    bad = error_ratio(reference, exact, _perturbed(fast), batches())
-    assert not bad["ok"] and bad["ratio"] > 1.25
+    good = ort_error_ratio(reference, exact, fast, batches())
+    assert good.passed and good.figures["exact_error"] > 0 and good.figures["bound"] == 1.25
+    bad = ort_error_ratio(reference, exact, _perturbed(fast), batches())
+    assert not bad.passed and bad.figures["ratio"] > 1.25
 
 
 def _perturbed(model):
@@ -278,7 +279,8 @@ def test_onnx_gs_fast_cli_lints_and_says_when_only_the_lint_ran(tmp_path):
     proc = run_script(ROOT / "onnx_gs.py", "--input", src, "--output", out, "--mode", "fast",
                       "--metrics", tmp_path / "m.json")
     assert proc.returncode == 0, proc.stderr
-    for line in ("place_residual_qdq: 1", "fold_qdq_after_data_movement: 1", "drop_dangling_qdq: 1", "PASS residual_add_fusable", "PASS no_dangling_qdq",
+    for line in ("place_residual_qdq: 1", "fold_qdq_after_data_movement: 1", "drop_dangling_qdq: 1",
+                 "PASS lint.residual_add_fusable", "PASS lint.no_dangling_qdq",
                  "direct Conv input + DQ skip): 1/1", "left unfused: 0", "only the lint ran"):
         assert line in proc.stdout, line
     assert "onnx_gs_fast" in (tmp_path / "m.json").read_text()
@@ -288,8 +290,8 @@ def test_onnx_gs_fast_cli_fails_in_one_sentence(tmp_path):
     src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(residual_graph(skip_op="Relu"), str(src))
     proc = run_script(ROOT / "onnx_gs.py", "--input", src, "--output", out, "--mode", "fast")
-    assert proc.returncode == 2 and "FAIL residual_add_fusable" in proc.stdout
-    assert proc.stderr.count("\n") == 1 and "placement rules" in proc.stderr and not out.exists()
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and not out.exists()
+    assert "check lint.residual_add_fusable failed" in proc.stderr and "use the exact graph" in proc.stderr
     proc = run_script(ROOT / "onnx_gs.py", "--input", src, "--output", out, "--high-precision", "fp16")
     assert proc.returncode == 2 and "needs --mode fast" in proc.stderr
 
@@ -337,12 +339,12 @@ def test_fast_mode_generality(exported):
     assert not any(found.values()), {k: v[:2] for k, v in found.items() if v}
     summary = lint.performance_summary(fast)
     assert summary["fusable_residual_adds"] == summary["residual_adds"] == ARCHS[arch]
-    inputs = random_batches(n=2, shape=(4, 3, 32, 32))
-    res = error_ratio(onnx_utils.load_onnx(fp32_path), original, fast, inputs)
-    assert res["ok"] and res["exact_error"] > 1e-3, res  # measured ratios 0.86-0.96
+    inputs = random_batches((4, 3, 32, 32), 2)
+    res = ort_error_ratio(onnx_utils.load_onnx(fp32_path), original, fast, inputs)
+    assert res.passed and res.figures["exact_error"] > 1e-3, res  # measured ratios 0.86-0.96
     fp16 = placement.with_high_precision(fast, dict(report, rewrites=dict(report["rewrites"])), "fp16")
     assert not any(lint.lint(fp16, performance="error").values())
-    assert error_ratio(onnx_utils.load_onnx(fp32_path), original, fp16, inputs)["ok"]
+    assert ort_error_ratio(onnx_utils.load_onnx(fp32_path), original, fp16, inputs).passed
 
 
 def test_fast_cli_random_input_bound_uses_the_fp32_onnx_beside_the_input(exported):
@@ -352,7 +354,7 @@ def test_fast_cli_random_input_bound_uses_the_fp32_onnx_beside_the_input(exporte
     proc = run_script(ROOT / "onnx_gs.py", "--input", int8_path, "--output", out / "fast.onnx", "--mode", "fast",
                       "--metrics", out / "m.json")
     assert proc.returncode == 0, proc.stderr
-    assert "vs FP32 resnet_cifar10.onnx on 32 random inputs" in proc.stdout and "(bound 1.25)" in proc.stdout
+    assert "PASS fast_error_ratio" in proc.stdout and "vs FP32 on 32 inputs" in proc.stdout and "(bound <= 1.25)" in proc.stdout
 
 
 def test_anchors_bench_says_in_one_sentence_when_modelopt_is_missing(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT, run_script
 from eager2trt.graph import lint
 from eager2trt.reports import metrics
-from eager2trt.runtime.backends import OnnxBackend, PyTorchBackend, is_quantized_module
+from eager2trt.runtime.backends import OnnxRunner, PyTorchRunner, is_quantized_module
 from eager2trt.errors import PipelineError
 from eager2trt.pipeline import quantize_to_tensorrt
 
@@ -21,7 +21,7 @@ def test_bring_your_own_model_example_runs(tmp_path):
     ready = onnx.load(str(out / "resnet_quantized_cifar10_modified.onnx"))
     onnx.checker.check_model(ready, full_check=True)
     assert not any(lint.lint(ready).values())
-    assert "6/6 rules pass" in proc.stdout or "rules pass" in proc.stdout
+    assert "checks: all" in proc.stdout and "rules pass" in proc.stdout
     # the same file from the command line, as a user who exported their own INT8 ONNX would run it
     proc = run_script(ROOT / "onnx_gs.py", "--input", out / "resnet_quantized_cifar10.onnx", "--output",
                       tmp_path / "cli.onnx", "--metrics", tmp_path / "m.json", cwd=tmp_path)
@@ -35,25 +35,49 @@ def test_pipeline_result_is_verified_and_typed(tmp_path):
     torch.manual_seed(0)
     model = TinyResNet().eval()
     x = torch.randn(8, 3, 32, 32)
-    result = quantize_to_tensorrt(model, [torch.randn(16, 3, 32, 32) for _ in range(2)], tmp_path,
-                                  check_inputs=[x.numpy()])
-    assert result.equivalence["ok"] and result.equivalence["samples"] == 16
-    assert result.fusion_max_abs_diff < 1e-3 and result.surgery["rewrites"]["int8_zero_points"] > 0
+    result = quantize_to_tensorrt(model, [torch.randn(16, 3, 32, 32) for _ in range(2)], tmp_path, images=[x])
+    exact = result.graphs["exact"]
+    eq = next(c for c in exact.checks if c.name == "equivalence")
+    assert eq.passed and eq.figures["samples"] == 40 and eq.value == 0.0  # 32 random + the 8 given images
+    assert all(c.passed for c in result.checks) and result.check("agreement").figures["inputs"] == "real"
+    assert result.fusion_max_abs_diff < 1e-3 and exact.report["rewrites"]["int8_zero_points"] > 0
+    assert result.graphs["fast"].path == result.paths.int8_onnx_fast and result.accuracy == {}
     assert is_quantized_module(result.int8) and not is_quantized_module(result.fp32)
-    ort = OnnxBackend(result.paths.int8_onnx_modified)
-    assert ort.quantized and not OnnxBackend(result.paths.fp32_onnx).quantized
-    pt = PyTorchBackend(result.int8)(x)
+    ort = OnnxRunner(result.paths.int8_onnx_modified)
+    assert ort.quantized and not OnnxRunner(result.paths.fp32_onnx).quantized
+    pt = PyTorchRunner(result.int8)(x)
     assert torch.nn.functional.cosine_similarity(pt.flatten(), ort(x).flatten(), dim=0) > 0.99
 
 
 def test_pipeline_refuses_empty_or_wrong_calibration(tmp_path):
     from examples.bring_your_own_model import TinyResNet
 
-    with pytest.raises(PipelineError, match="no calibration batches"):
+    with pytest.raises(PipelineError, match="calibration_batches is empty"):
         quantize_to_tensorrt(TinyResNet(), [], tmp_path)
     with pytest.raises(PipelineError, match="float NCHW tensors"):
         quantize_to_tensorrt(TinyResNet(), [torch.zeros(4, 3, dtype=torch.uint8)], tmp_path)
-    assert not list(tmp_path.glob("*.onnx"))
+    with pytest.raises(PipelineError, match=r"images\[0\] has shape \(4, 3, 16, 16\)"):
+        quantize_to_tensorrt(TinyResNet(), [torch.randn(4, 3, 32, 32)], tmp_path, images=[torch.randn(4, 3, 16, 16)])
+    with pytest.raises(PipelineError, match="labels has 3 entries for 4 images"):
+        quantize_to_tensorrt(TinyResNet(), [torch.randn(4, 3, 32, 32)], tmp_path, images=[torch.randn(4, 3, 32, 32)],
+                             labels=torch.zeros(3, dtype=torch.long))
+    assert not list(tmp_path.glob("*.onnx"))  # every refusal came before any artifact
+
+
+def test_accuracy_guard_fails_a_broken_calibration_loudly(tmp_path):
+    """Calibrating on images 1000x brighter than the evaluated ones crushes every activation range's resolution."""
+    from examples.bring_your_own_model import TinyResNet
+
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    images = [torch.randn(64, 3, 32, 32)]
+    with torch.no_grad():
+        labels = model(images[0]).argmax(1)  # FP32 is right by construction: accuracy 1.0
+    with pytest.raises(PipelineError, match=r"check int8_accuracy failed: measured [\d.]+, bound >= 0\.99.*budget "
+                                            r"1 points.*recover most when left in float are .*QuantizeLinear.*"
+                                            r"try calibration='auto'"):
+        quantize_to_tensorrt(model, [1000 * torch.randn(64, 3, 32, 32)], tmp_path, images=images, labels=labels)
+    assert not (tmp_path / "resnet_quantized_cifar10_modified.onnx").exists()  # no TensorRT-ready graph written
 
 
 def test_metrics_reader_names_file_key_and_writer(tmp_path):

@@ -8,7 +8,8 @@ from eager2trt.graph import lint
 from eager2trt.graph import onnx_utils
 from eager2trt.graph import surgery
 from eager2trt.errors import PipelineError
-from eager2trt.checks.compare import equivalence, ort_session
+from eager2trt.runtime.backends import ort_session
+from graph_checks import ort_equivalence
 from qdq_graphs import conv_graph, fp32_graph
 
 
@@ -75,8 +76,8 @@ def test_make_tensorrt_ready_passes_lint_and_is_equivalent():
     assert report["rewrites"] == {"fold_constant_inputs": 10, "remove_qdq_casts": 1, "fold_bias_dequantize": 1,
                                   "int8_zero_points": 2}
     assert not any(lint.lint(out).values())
-    eq = equivalence(model, out, inputs() * 3)
-    assert eq["ok"] and eq["max_abs_diff"] == 0.0
+    eq = ort_equivalence(model, out, inputs() * 3)
+    assert eq.passed and eq.figures["max_abs_diff"] == 0.0
     onnx.checker.check_model(out, full_check=True)
 
 

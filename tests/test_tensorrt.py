@@ -68,7 +68,7 @@ def engines(real_tensorrt, tmp_path_factory):
 
 def test_engines_run_and_agree_with_onnxruntime(engines):
     from eager2trt.runtime.tensorrt import Engine
-    from eager2trt.checks.compare import ort_session
+    from eager2trt.runtime.backends import ort_session
 
     out, fp32 = engines
     x = torch.randn(8, 3, 32, 32)

@@ -1,89 +1,78 @@
-"""Numerical checks in onnxruntime: equivalence of two graphs and accuracy on the test set."""
+"""Checks on logits already computed (runtime.backends.logits): each takes arrays, returns one Check, runs nothing.
 
-from pathlib import Path
-from typing import Iterable, Union
+Keeping measurement apart from running means each graph is evaluated once per run and its logits serve every
+check that needs them: equivalence, accuracy, agreement and the fast graph's error bound.
+"""
+
+from typing import Optional
 
 import numpy as np
-import onnx
-import torch
 
-from ..eager.data import Split, iterate_batches
-from ..contract import EQUIVALENCE_ATOL, FAST_ERROR_RATIO
-from ..errors import PipelineError
+from ..contract import ACCURACY_MATCH, EQUIVALENCE_ATOL, FAST_ERROR_RATIO
+from ..runtime.backends import accuracy_of
+from .result import Check
 
 
-def ort_session(model: Union[Path, onnx.ModelProto], optimize: bool = False, threads: int = 0):
-    """An onnxruntime CPU session; graph optimizations off by default so we test the graph as written."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        name = "the model" if isinstance(model, onnx.ModelProto) else str(model)
-        raise PipelineError(f"onnxruntime cannot load {name} ({str(exc).splitlines()[0][:160]}); "
-                            f"check that it is an ONNX model exported by this project") from None
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
-def ort_logits(session, batches: Iterable[np.ndarray]) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: b})[0] for b in batches])
+def argmax_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of inputs on which two logit arrays pick the same class."""
+    return float((a.argmax(1) == b.argmax(1)).mean())
 
 
-def compare(a: np.ndarray, b: np.ndarray, atol: float = EQUIVALENCE_ATOL) -> dict:
-    """Max abs difference and argmax agreement of two logit arrays, with the bound they were held to."""
-    max_abs = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-    agreement = float((a.argmax(1) == b.argmax(1)).mean())
-    return {"max_abs_diff": max_abs, "argmax_agreement": agreement, "atol": atol, "ok": max_abs <= atol}
+def relative_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| over all logits (Frobenius norms)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
-def image_batches(split: Split, batch_size: int = 500) -> list:
-    """Normalized images as float32 numpy batches, in order."""
-    return [x.numpy() for x, _ in iterate_batches(split, batch_size)]
+def equivalence(reference: np.ndarray, candidate: np.ndarray, atol: float = EQUIVALENCE_ATOL,
+                name: str = "equivalence", what: str = "the rewritten graph vs the export") -> Check:
+    """Max abs logit difference of two graphs on the same inputs, held to `atol`."""
+    diff = max_abs_diff(reference, candidate)
+    agree = argmax_agreement(reference, candidate)
+    return Check(name, diff, f"<= {atol:g}", diff <= atol,
+                 detail=f"{what}, {len(reference)} inputs, onnxruntime with Q/DQ as written, argmax agreement "
+                        f"{agree:.4%}",
+                 fix="the rewritten graph is not the same model; please report it with the ONNX file",
+                 figures={"max_abs_diff": diff, "argmax_agreement": agree, "samples": int(len(reference)),
+                          "atol": atol})
 
 
-def input_shape(model: onnx.ModelProto, batch_size: int = 8) -> list[int]:
-    """The first graph input's shape, a symbolic batch dimension replaced by `batch_size`."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else (batch_size if i == 0 else None) for i, d in enumerate(dims)]
-    if None in shape:
-        raise PipelineError(f"input {model.graph.input[0].name} has symbolic non-batch dimensions {shape}; "
-                            f"export the model with a fixed image size")
-    return shape
-
-
-def random_batches(n: int = 4, shape: tuple = (8, 3, 32, 32), seed: int = 0) -> list:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(*shape, generator=gen).numpy() for _ in range(n)]
-
-
-def equivalence(original: onnx.ModelProto, modified: onnx.ModelProto, batches: list,
-                atol: float = EQUIVALENCE_ATOL) -> dict:
-    """Run both graphs on the same inputs (no graph optimizations) and compare their logits."""
-    a = ort_logits(ort_session(original), batches)
-    b = ort_logits(ort_session(modified), batches)
-    return {**compare(a, b, atol), "samples": int(a.shape[0])}
-
-
-def ort_accuracy(model: Union[Path, onnx.ModelProto], split: Split, batch_size: int = 500,
-                 optimize: bool = True) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy of an ONNX model on `split`, and its logits (the backends' one evaluation loop)."""
-    from ..runtime.backends import OnnxBackend, evaluate
-
-    result = evaluate(OnnxBackend(model, optimize=optimize), split, batch_size)
-    return result.accuracy, result.logits
-
-
-def error_ratio(fp32: onnx.ModelProto, exact: onnx.ModelProto, fast: onnx.ModelProto, batches: list,
-                bound: float = FAST_ERROR_RATIO) -> dict:
-    """Mean abs logit error against the FP32 model of the fast and the exact INT8 graphs on the same inputs."""
-    ref = ort_logits(ort_session(fp32), batches).astype(np.float64)
-    exact_err, fast_err = (float(np.abs(ort_logits(ort_session(m), batches) - ref).mean()) for m in (exact, fast))
+def error_ratio(fp32: np.ndarray, exact: np.ndarray, fast: np.ndarray, bound: float = FAST_ERROR_RATIO) -> Check:
+    """Mean abs logit error against FP32 of the fast graph over that of the exact graph, on the same inputs."""
+    exact_err = float(np.abs(exact.astype(np.float64) - fp32).mean())
+    fast_err = float(np.abs(fast.astype(np.float64) - fp32).mean())
     ratio = fast_err / exact_err if exact_err > 0 else (0.0 if fast_err == 0 else float("inf"))
-    return {"fast_error": fast_err, "exact_error": exact_err, "ratio": ratio, "bound": bound, "ok": ratio <= bound,
-            "samples": int(ref.shape[0])}
+    return Check("fast_error_ratio", ratio, f"<= {bound:g}", ratio <= bound,
+                 detail=f"mean abs logit error vs FP32 on {len(fp32)} inputs: fast {fast_err:.4g}, exact {exact_err:.4g}",
+                 fix="use the exact graph for this model",
+                 figures={"fast_error": fast_err, "exact_error": exact_err, "ratio": ratio, "bound": bound,
+                          "samples": int(len(fp32))})
+
+
+def accuracy_at_least(name: str, logits: np.ndarray, labels, reference: float, drop: float, reference_name: str,
+                      fix: str, agreement_with: Optional[np.ndarray] = None) -> Check:
+    """Top-1 accuracy of `logits` at least `reference` minus `drop` (one-sided: better is never a failure)."""
+    acc = accuracy_of(logits, labels)
+    bound = reference - drop
+    figures = {"accuracy": acc, "reference_accuracy": reference, "reference": reference_name, "bound": bound,
+               "samples": int(len(logits))}
+    detail = f"{len(logits)} images, {reference_name} {reference:.4f} minus {100 * drop:.2f} points"
+    if agreement_with is not None:
+        figures["argmax_agreement"] = argmax_agreement(logits, agreement_with)
+        detail += f", argmax agreement with it {figures['argmax_agreement']:.2%}"
+    return Check(name, acc, f">= {bound:.4f}", acc >= bound - 1e-9, detail=detail, fix=fix, figures=figures)
+
+
+def accuracy_matches(name: str, logits: np.ndarray, labels, reference: float, reference_name: str,
+                     tolerance: float = ACCURACY_MATCH, fix: str = "") -> Check:
+    """Top-1 accuracy of `logits` within `tolerance` of `reference`, either way (an engine vs its PyTorch model)."""
+    acc = accuracy_of(logits, labels)
+    diff = acc - reference
+    return Check(name, acc, f"{reference:.4f} +/- {tolerance:.4f}", abs(diff) <= tolerance + 1e-9,
+                 detail=f"{len(logits)} images, {reference_name} {reference:.4f}, difference {100 * diff:+.2f} points",
+                 fix=fix, figures={"accuracy": acc, "reference_accuracy": reference, "reference": reference_name,
+                                   "difference": diff, "tolerance": tolerance, "samples": int(len(logits))})

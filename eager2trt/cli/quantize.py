@@ -1,25 +1,23 @@
-"""Train (or load) ResNet on CIFAR-10, quantize it in eager mode, export FP32/INT8 ONNX and TorchScript."""
+"""Train (or load) a model on CIFAR-10, quantize it in eager mode, export FP32/INT8 ONNX and TorchScript, and make
+and verify the TensorRT-ready Q/DQ graphs (exact and fast) on the real test images.
+
+With --fp16-onnx it is the whole main job before the engines: the FP16 ONNX is written and checked too.
+"""
 
 import argparse
-import time
 from pathlib import Path
 
-import torch
-
-from .. import contract
-from ..reports import metrics
-from ..checks.agreement import print_agreement
-from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, save_torch, write_json
-from ..runtime.backends import PyTorchBackend, evaluate
-from ..eager.data import calibration_batches, iterate_batches, load_cifar10
+from .. import contract, jobs
+from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite
+from ..eager.engines import AUTO, candidate_engines, supported_engines
+from ..eager.model import ARCHS
+from ..eager.calibration import DEFAULT_PERCENTILE, check_percentile
+from ..eager.quantize import ACTIVATION_DTYPES, CALIBRATIONS
+from ..eager.train import Recipe
 from ..errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
-from ..eager.model import ARCHS, build_model, load_state_dict
-from ..eager.engines import DEFAULT_ENGINE, DRIFTING_ENGINES, select_engine
-from ..eager.quantize import ACTIVATION_DTYPES, OBSERVERS
-from ..pipeline import QuantizeConfig, quantize_to_tensorrt
-from ..reports.plots import plot_training
-from ..runtime.timing import environment, measure, thread_sweep
-from ..eager.train import check_trained, recipe_from_args, seed_everything, train
+from ..graph.placement import HIGH_PRECISIONS
+from ..pipeline import QuantizeConfig
+from ..reports.console import print_checks, print_graph, print_latencies
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,12 +43,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", default="reduce-overhead",
                    help="torch.compile mode for CUDA training; 'none' to run eagerly")
     p.add_argument("--activation-dtype", default="quint8", help=f"one of {', '.join(ACTIVATION_DTYPES)}")
-    p.add_argument("--calibration", default="histogram",
-                   help=f"activation observer: {', '.join(OBSERVERS)} (minmax is the reference's)")
-    p.add_argument("--calib-batches", type=int, help="calibrate on this many training batches (default: all)")
-    p.add_argument("--engine", default=DEFAULT_ENGINE,
-                   help=f"quantized CPU engine (onednn, qnnpack, x86, fbgemm); {' and '.join(DRIFTING_ENGINES)} drift "
-                        f"from the Q/DQ graph on depthwise models")
+    defaults = jobs.JobOptions()
+    p.add_argument("--calibration", default=defaults.quantization.calibration,
+                   help=f"activation range method: {', '.join(CALIBRATIONS)} (minmax is the reference's; auto picks per "
+                        f"model by accuracy on held-out training images)")
+    p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                   help="percentile of |activation| for --calibration percentile (and auto's percentile candidate)")
+    p.add_argument("--calib-batches", type=int, default=defaults.calib_batches,
+                   help="calibrate on this many batches of random training images; 0: all, in stored order")
+    p.add_argument("--engine", default=AUTO,
+                   help=f"quantized CPU engine: {AUTO} (the first of onednn, qnnpack whose int8 arithmetic matches the "
+                        f"Q/DQ graph on this CPU, measured by a probe) or one of {', '.join(supported_engines())}")
+    p.add_argument("--accuracy-budget", type=float, default=contract.ACCURACY_BUDGET,
+                   help="fail when INT8 (PyTorch or a TensorRT-ready graph) is more than this many points of top-1 "
+                        "below FP32 on the test images")
+    p.add_argument("--high-precision", default="fp32", choices=HIGH_PRECISIONS,
+                   help="type of the fast graph's scales, biases and non-INT8 compute")
+    p.add_argument("--no-fast-graph", action="store_true", help="write only the exact TensorRT-ready graph")
+    p.add_argument("--fp16-onnx", action="store_true", help="also write the FP16 ONNX and hold it to FP32's accuracy "
+                                                              "(the main job does)")
     p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs per latency figure")
     p.add_argument("--overwrite", action="store_true",
                    help="let training replace an existing <output-dir>/resnet_cifar10.pt")
@@ -73,12 +84,15 @@ def validate(args) -> None:
     require_int("--seed", args.seed, minimum=0, maximum=2**32 - 1)  # NumPy's seed range
     require_int("--save-every", args.save_every)
     require_int("--train-subset", args.train_subset)
-    require_int("--calib-batches", args.calib_batches)  # with a positive batch size: never zero batches
+    require_int("--calib-batches", args.calib_batches, minimum=0)  # 0: every training image
     require_int("--latency-runs", args.latency_runs)
+    require_float("--accuracy-budget", args.accuracy_budget)
     require_choice("--arch", args.arch, ARCHS)
     require_choice("--activation-dtype", args.activation_dtype, ACTIVATION_DTYPES)
-    require_choice("--calibration", args.calibration, OBSERVERS)
-    select_engine(args.engine)
+    require_choice("--calibration", args.calibration, CALIBRATIONS)
+    check_percentile(args.percentile)
+    require_choice("--engine", args.engine, (AUTO, *supported_engines()))
+    candidate_engines(args.engine)  # says now when no engine is faithful on this machine
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass the path of a saved FP32 state_dict")
     ensure_writable_dir(args.output_dir)
@@ -86,93 +100,49 @@ def validate(args) -> None:
         refuse_overwrite(args.output_dir / contract.FP32_STATE, args.overwrite)
 
 
-def get_fp32_model(args, data) -> tuple[torch.nn.Module, dict]:
-    """Load the checkpoint, or train with the reference recipe and save the FP32 state_dict."""
-    seed_everything(args.seed)  # before build_model: the initial weights come from the seeded generator
-    model = build_model(args.arch)
-    if args.checkpoint is not None:
-        return load_state_dict(model, args.checkpoint, args.arch), {"checkpoint": str(args.checkpoint)}
-    recipe = recipe_from_args(args)
-    state_path = args.output_dir / contract.TRAIN_STATE
-    history = train(model, data["train"], data["test"], recipe, state_path=state_path,
-                    save_every=args.save_every, restart=args.restart)
-    model.cpu()
-    check_trained(model, history, data["test"])
-    target = args.output_dir / contract.FP32_STATE
-    if target.exists():
-        print(f"replacing {target} with the newly trained weights (--overwrite)")
-    save_torch(model.state_dict(), target)
-    state_path.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
-    if history.epochs:
-        write_json(args.output_dir / contract.TRAINING_HISTORY, {"epochs": history.epochs})
-        plot_training(history.epochs, args.output_dir / contract.TRAINING_CURVE, title=f"{args.arch} on CIFAR-10")
-    return model, {"epochs": history.epochs, "train_seconds": history.train_seconds,
-                   "recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__}}
+def options(args) -> jobs.JobOptions:
+    """The job these flags describe."""
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                    weight_decay=args.weight_decay, milestones=tuple(args.milestones), seed=args.seed,
+                    train_subset=args.train_subset, fast=not args.no_fast,
+                    compile_mode=None if args.compile_mode == "none" else args.compile_mode)
+    return jobs.JobOptions(data_dir=args.data_dir, output_dir=args.output_dir, arch=args.arch,
+                           checkpoint=args.checkpoint, recipe=recipe,
+                           quantization=QuantizeConfig(args.activation_dtype, args.calibration, args.engine,
+                                                        args.percentile),
+                           calib_batches=args.calib_batches or None, accuracy_budget=args.accuracy_budget,
+                           fast=None if args.no_fast_graph else args.high_precision, fp16=args.fp16_onnx,
+                           latency_runs=args.latency_runs, download=args.download, overwrite=args.overwrite,
+                           save_every=args.save_every, restart=args.restart)
 
 
-def agreement_batches(data) -> list:
-    """The real test images, in the order the accuracy figures use."""
-    return [x for x, _ in iterate_batches(data["test"], 500)]
-
-
-def latencies(fp32, int8, int8_ts, runs: int) -> dict:
-    """Batch-1 median latencies in ms: FP32/INT8/TorchScript CPU at 1 and default threads, FP32 CUDA."""
-    x = torch.randn(contract.image_batch_shape(1))
-    models = (("fp32_cpu", fp32), ("int8_cpu", int8), ("int8_torchscript_cpu", int8_ts))
-    with torch.no_grad():
-        rows = thread_sweep(lambda threads: [(name, lambda m=m: m(x)) for name, m in models], runs)
-        out = {f"{r['label']}_{r['threads']}t": r["median_ms"] for r in rows}
-        if torch.cuda.is_available():
-            gpu_model, xg = fp32.cuda(), x.cuda()
-            out["fp32_cuda"] = measure(lambda: gpu_model(xg), runs=runs, sync=torch.cuda.synchronize)["median_ms"]
-            fp32.cpu()
-    return out
+def report(out: dict) -> None:
+    """Checks, graphs, accuracies in the reference's format, latencies."""
+    result = out["result"]
+    print("checks:")
+    print_checks([c for c in result.checks if c.name in ("fusion", "agreement", "int8_accuracy")])
+    for graph in result.graphs.values():
+        print_graph(graph)
+    for note in result.notes:
+        print(f"note: {note}")
+    if out["checks"][len(result.checks):]:
+        print("FP16 ONNX:")
+        print_checks(out["checks"][len(result.checks):])
+    print(f"FP32 evaluation accuracy: {result.accuracy['fp32']:.3f}")
+    print(f"INT8 evaluation accuracy: {result.accuracy['int8']:.3f}")
+    for mode, graph in result.graphs.items():
+        if graph.accuracy is not None:
+            print(f"{mode} graph accuracy (onnxruntime): {graph.accuracy:.4f}")
+    print_latencies(out["record"]["pytorch"]["latency_batch1_ms"])
+    print(f"wrote {result.paths.metrics}")
 
 
 def main(args) -> dict:
     validate(args)
     with output_lock(args.output_dir):
-        return run_stages(args)
-
-
-def run_stages(args) -> dict:
-    """Every stage, with the output folder locked by main."""
-    t_start = time.perf_counter()
-    data = load_cifar10(args.data_dir, download=args.download)
-    fp32, training = get_fp32_model(args, data)
-    fp32.eval().cpu()
-    config = QuantizeConfig(args.activation_dtype, args.calibration, args.engine)
-    result = quantize_to_tensorrt(fp32, calibration_batches(data["train"], args.batch_size, args.calib_batches),
-                                  args.output_dir, config,
-                                  agreement_inputs=agreement_batches(data))
-    print(f"fusion check: max abs difference {result.fusion_max_abs_diff:.3g} (rtol {contract.FUSE_RTOL}, "
-          f"atol {contract.FUSE_ATOL}): OK")
-    print_agreement(result.agreement)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fp32_acc = evaluate(PyTorchBackend(fp32, device), data["test"]).accuracy
-    fp32.cpu()
-    int8, int8_ts, fuse_err, agreement = (result.int8, result.int8_torchscript, result.fusion_max_abs_diff,
-                                          result.agreement)
-    int8_acc = evaluate(PyTorchBackend(int8), data["test"]).accuracy
-    lat = latencies(fp32, int8, int8_ts, args.latency_runs)
-    report(fp32_acc, int8_acc, lat)
-    record = {"arch": args.arch, "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
-              "fusion_max_abs_diff": fuse_err, "int8_vs_onnx_agreement": agreement, "latency_batch1_ms": lat,
-              "activation_dtype": args.activation_dtype, "engine": torch.backends.quantized.engine,
-              "calibration": args.calibration, "calib_batches": args.calib_batches, "seed": args.seed,
-              "environment": environment(), "training": training, "wall_seconds": time.perf_counter() - t_start,
-              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    metrics.update(args.output_dir / contract.METRICS, "pytorch", record)
-    print(f"wrote {args.output_dir / contract.METRICS}")
-    return record
-
-
-def report(fp32_acc: float, int8_acc: float, lat: dict) -> None:
-    """Print accuracy and latency in the reference's format."""
-    print(f"FP32 evaluation accuracy: {fp32_acc:.3f}")
-    print(f"INT8 evaluation accuracy: {int8_acc:.3f}")
-    for name, ms in lat.items():
-        print(f"{name} inference latency: {ms:.2f} ms")
+        out = jobs.main_job(options(args))
+    report(out)
+    return out["record"]
 
 
 def run() -> None:

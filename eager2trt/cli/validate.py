@@ -1,17 +1,21 @@
 """Validate a TensorRT engine, or an ONNX model in onnxruntime (--onnx), on all CIFAR-10 test images.
 
 Prints the I/O tensors and the accuracy, and holds it to the PyTorch accuracy that resnet_torch.py recorded
-in metrics.json (within 0.1 points; a missing record is an error, unless --reference none). --benchmark
+in metrics.json (within 0.1 points; a missing record is an error, unless --reference none; a mismatch exits 2). --benchmark
 adds a trtexec-style latency summary. There is no automatic fallback: without TensorRT, pass --onnx.
 """
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 from .. import contract
 from ..reports import metrics
 from ..artifacts import ensure_writable_dir, output_lock, write_json
-from ..runtime.backends import OnnxBackend, TensorRTBackend, evaluate
+from ..checks.compare import accuracy_matches
+from ..checks.result import Check, require
+from ..reports.console import print_checks
+from ..runtime.backends import OnnxRunner, TensorRTRunner, evaluate
 from ..eager.data import load_cifar10
 from ..errors import require_int, run_cli
 from ..runtime.timing import environment
@@ -63,49 +67,45 @@ def validate(args) -> None:
     ensure_writable_dir(args.metrics.parent, "--metrics")
 
 
-def main(args) -> int:
+def main(args) -> Optional[Check]:
     validate(args)
     with output_lock(args.metrics.parent):
         return run_validation(args)
 
 
-def run_validation(args) -> int:
-    """Evaluate, compare, benchmark, record (the metrics folder locked by main)."""
+def run_validation(args) -> Optional[Check]:
+    """Evaluate, compare, benchmark, record (the metrics folder locked by main); a failed comparison is recorded,
+    then raised as its sentence."""
     if args.onnx is not None:
-        backend, model_path = OnnxBackend(args.onnx), args.onnx
+        runner, model_path = OnnxRunner(args.onnx), args.onnx
     else:
         model_path = args.engine or contract.OUTPUT_DIR / contract.INT8_ENGINE
-        backend = TensorRTBackend(model_path)
-    which = ("int8" if backend.quantized else "fp32") if args.reference == "auto" else args.reference
+        runner = TensorRTRunner(model_path)
+    which = ("int8" if runner.quantized else "fp32") if args.reference == "auto" else args.reference
     # read the reference before the long evaluation: a missing record fails in a second, not after it
     ref = metrics.PyTorchAccuracy.read(args.metrics).of(which) if which != "none" else None
-    print_io(backend.describe())
+    print_io(runner.describe())
     test = load_cifar10(args.data_dir)["test"]
-    accuracy = evaluate(backend, test, args.batch_size or backend.default_batch()).accuracy
-    print(f"{backend.name} accuracy of {model_path.name} on {len(test)} test images: {accuracy:.4f}")
-    result = {"backend": backend.name, "model": str(model_path), "accuracy": accuracy, "samples": len(test),
-              "quantized": backend.quantized}
-    status = 0
+    ev = evaluate(runner, test, args.batch_size or runner.default_batch())
+    print(f"{runner.name} accuracy of {model_path.name} on {len(test)} test images: {ev.accuracy:.4f}")
+    result = {"backend": runner.name, "model": str(model_path), "accuracy": ev.accuracy, "samples": len(test),
+              "quantized": runner.quantized}
+    check = None
     if ref is not None:
-        matches = abs(accuracy - ref) <= contract.ACCURACY_MATCH
-        result.update(reference=which, reference_accuracy=ref, matches_reference=matches)
-        print(f"{'matches' if matches else 'DOES NOT match'} PyTorch {which.upper()} accuracy {ref:.4f} within "
-              f"{100 * contract.ACCURACY_MATCH:.1f} points (difference {100 * (accuracy - ref):+.2f} points)")
-        status = 0 if matches else 1
+        check = accuracy_matches("accuracy", ev.logits, test.labels, ref, f"PyTorch {which.upper()}",
+                                 fix=f"the {runner.name} model does not reproduce PyTorch {which.upper()}'s accuracy; "
+                                     f"check that it was built from this run's graph")
+        result.update(reference=which, reference_accuracy=ref, matches_reference=check.passed, check=check.as_dict())
+        print_checks([check])
     if args.benchmark:
-        bench = backend.benchmark(args.benchmark_batch, args.runs)
+        bench = runner.benchmark(args.benchmark_batch, args.runs, tuple(test.images.shape[1:]))
         bench["environment"] = environment()
-        write_json(args.metrics.parent / f"benchmark_{backend.name}_{model_path.stem}.json", bench)
+        write_json(args.metrics.parent / f"benchmark_{runner.name}_{model_path.stem}.json", bench)
         print_benchmark(bench)
         result["benchmark"] = {k: v for k, v in bench.items() if k != "environment"}
     metrics.update(args.metrics, "validation", {model_path.name: result})
-    return status
-
-
-def _exit_with(code: int) -> None:
-    if code:
-        raise SystemExit(code)
+    return require(check) if check is not None else None
 
 
 def run() -> None:
-    run_cli(lambda: _exit_with(main(get_args_parser().parse_args())))
+    run_cli(lambda: main(get_args_parser().parse_args()))

@@ -233,8 +233,13 @@ def epoch_batches(split: Split, batch_size: int, generator: Optional[torch.Gener
 
 
 def calibration_batches(split: Split, batch_size: int, limit: Optional[int] = None):
-    """Un-augmented, normalized images for calibration: the first `limit` batches (all when None)."""
-    for i, (x, _) in enumerate(iterate_batches(split, batch_size)):
-        if limit is not None and i >= limit:
-            return
-        yield x
+    """Un-augmented, normalized images for calibration: every image in stored order (limit None), or `limit`
+    batches drawn from a fixed random permutation, so that a subset covers every class (an image folder is stored
+    class by class: its first batches would be airplanes only)."""
+    if limit is None:
+        order, count = torch.arange(len(split), device=split.images.device), len(split)
+    else:
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).to(split.images.device)
+        count = min(len(split), limit * batch_size)
+    for start in range(0, count, batch_size):
+        yield normalize(split.images[order[start:min(start + batch_size, count)]])

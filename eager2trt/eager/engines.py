@@ -1,19 +1,24 @@
-"""Quantized CPU engines: which ones compute what the exported Q/DQ graph computes, and choosing one."""
+"""Quantized CPU engines: which ones compute what the exported Q/DQ graph computes on this machine, and choosing one.
+
+The Q/DQ graph (and TensorRT) accumulates int8 products in int32. Some engine kernels multiply u8 activations by
+s8 weights pairwise into 16 bits (x86's vpmaddubsw), which saturates at full-range activations: fbgemm and x86
+always do; onednn does on CPUs without AVX-512 VNNI (measured: AMD EPYC with AVX2 only), not on those with it.
+PyTorch's own x86 qconfig sidesteps this with reduce_range=True, which a TensorRT-exact scheme cannot. So which
+engine is faithful is measured per machine by a probe, not assumed per engine name.
+"""
 
 import functools
 import sys
 
 import torch
 
-from ..errors import require_choice
+from ..errors import PipelineError
+from .quiet import quantized_api
 
-# Quantized CPU engines whose INT8 arithmetic matches the exported Q/DQ graph (int32 accumulation, like
-# TensorRT), in order of preference. x86 and fbgemm accumulate u8*s8 products pairwise in 16 bits
-# (vpmaddubsw), which saturates at full-range activations; PyTorch's own x86 qconfig uses reduce_range=True
-# for this reason, which a TensorRT-exact scheme cannot. Measured: bench/engines.py, README "Engine".
-FAITHFUL_ENGINES = ("onednn", "qnnpack")
-DRIFTING_ENGINES = ("x86", "fbgemm")
-DEFAULT_ENGINE = FAITHFUL_ENGINES[0]
+AUTO = "auto"
+FAITHFUL_ENGINES = ("onednn", "qnnpack")  # preference order among engines that pass the probe
+DEFAULT_ENGINE = AUTO
+PROBE_CHANNELS = 64
 
 
 def supported_engines() -> list[str]:
@@ -21,31 +26,80 @@ def supported_engines() -> list[str]:
     return [e for e in torch.backends.quantized.supported_engines if e != "none"]
 
 
-def faithful_engine() -> str:
-    """The first of FAITHFUL_ENGINES this build has, with a one-line notice when it is not onednn."""
-    supported = supported_engines()
-    for name in FAITHFUL_ENGINES:
-        if name in supported:
-            if name != DEFAULT_ENGINE:
-                _notice(f"note: this torch build has no {DEFAULT_ENGINE} quantized engine; using {name}, "
-                        f"which also matches the exported Q/DQ graph")
-            return name
-    _notice(f"note: this torch build has none of {', '.join(FAITHFUL_ENGINES)}; using {supported[0]}, whose "
-            f"INT8 results may differ from the exported Q/DQ graph")
-    return supported[0]
+@functools.lru_cache(maxsize=None)
+def probe_error(engine: str) -> float:
+    """Output error, in output quantization steps, of one quantized 1x1 convolution at full-range activations.
+
+    Raw u8 activations 255 (quint8 zero point 128: +127) times s8 weights 127 over 64 channels: each pair of
+    products is 64,770, past int16. int32 accumulation is exact (error ~0); a 16-bit pairwise kernel is off by tens
+    of steps.
+    """
+    with quantized_api():
+        return _probe(engine)
 
 
-def select_engine(name: str = DEFAULT_ENGINE) -> str:
-    """Set and return the quantized CPU engine; the default falls back to a faithful one this build has."""
-    name = faithful_engine() if name == DEFAULT_ENGINE else require_choice("--engine", name, supported_engines())
-    if name in DRIFTING_ENGINES:
-        _notice(f"warning: the {name} engine drifts from the exported Q/DQ graph (and TensorRT) on depthwise "
-                f"models at full-range 8-bit activations; use --engine {DEFAULT_ENGINE} for fidelity")
-    torch.backends.quantized.engine = name
-    return name
+def _probe(engine: str) -> float:
+    previous = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = engine
+        c = PROBE_CHANNELS
+        x = torch.quantize_per_tensor(torch.full((1, c, 2, 2), 127.0), 1.0, 128, torch.quint8)
+        w = torch.quantize_per_channel(torch.full((1, c, 1, 1), 127.0), torch.ones(1, dtype=torch.double),
+                                       torch.zeros(1, dtype=torch.long), 0, torch.qint8)
+        conv = torch.ao.nn.quantized.Conv2d(c, 1, 1)
+        conv.set_weight_bias(w, None)
+        exact = c * 127.0 * 127.0
+        conv.scale, conv.zero_point = exact / 100.0, 128
+        return float((conv(x).dequantize() - exact).abs().max() / conv.scale)
+    except (RuntimeError, NotImplementedError):
+        return float("inf")  # the engine cannot run the probe at all
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def is_faithful(engine: str) -> bool:
+    """Whether `engine` accumulates like the Q/DQ graph on this machine (probe within half a step)."""
+    return probe_error(engine) <= 0.5
+
+
+def faithful_engines() -> list[str]:
+    """The engines of FAITHFUL_ENGINES this build has and that pass the probe on this machine, in order."""
+    return [e for e in FAITHFUL_ENGINES if e in supported_engines() and is_faithful(e)]
+
+
+def candidate_engines(name: str = AUTO) -> list[str]:
+    """Engines to try, in order: the faithful ones for AUTO (an error when there is none), else `name` alone."""
+    if name != AUTO:
+        if name not in supported_engines():
+            raise PipelineError(f"unknown quantized engine {name!r}; choose {AUTO} or one of "
+                                f"{', '.join(supported_engines())}")
+        if not is_faithful(name):
+            notice(f"warning: the {name} engine saturates 8-bit products on this CPU (probe off by "
+                   f"{probe_error(name):.0f} steps), so PyTorch INT8 will drift from the Q/DQ graph and TensorRT; "
+                   f"use engine {AUTO} for fidelity")
+        return [name]
+    found = faithful_engines()
+    if not found:
+        raise PipelineError(f"none of this torch build's quantized engines ({', '.join(supported_engines())}) "
+                            f"accumulates int8 products exactly on this CPU, so PyTorch INT8 cannot serve as the "
+                            f"reference for the Q/DQ graph; use a torch build with qnnpack")
+    skipped = [e for e in FAITHFUL_ENGINES if e != found[0] and FAITHFUL_ENGINES.index(e) < FAITHFUL_ENGINES.index(found[0])]
+    for e in skipped:
+        reason = ("this torch build has no such engine" if e not in supported_engines() else
+                  f"it saturates 8-bit products on this CPU (probe off by {probe_error(e):.0f} steps)")
+        notice(f"note: not using the {e} quantized engine ({reason}); using {found[0]}, which matches the "
+               f"exported Q/DQ graph")
+    return found
+
+
+def select_engine(name: str = AUTO) -> str:
+    """Set and return the first candidate engine for `name` (see candidate_engines)."""
+    engine = candidate_engines(name)[0]
+    torch.backends.quantized.engine = engine
+    return engine
 
 
 @functools.lru_cache(maxsize=None)
-def _notice(message: str) -> None:
-    """Print `message` to stderr once per process (select_engine runs at validation and at quantization)."""
+def notice(message: str) -> None:
+    """Print `message` to stderr once per process (engine choice runs at validation and at quantization)."""
     print(message, file=sys.stderr)

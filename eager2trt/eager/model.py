@@ -24,7 +24,7 @@ CIFAR_STEM_STRIDE1 = {"mobilenet_v2_cifar": ("features.0.0", "features.2.conv.1.
 
 def build_model(arch: str = "resnet18", num_classes: int = 10) -> torch.nn.Module:
     """torchvision's quantizable model in float mode, randomly initialised; `_cifar` archs get stride-1 stems."""
-    require_choice("--arch", arch, ARCHS)
+    require_choice("arch", arch, ARCHS)
     base = arch.removesuffix("_cifar")
     model = getattr(qmodels, base)(weights=None, quantize=False, num_classes=num_classes, **ARCH_OPTIONS.get(base, {}))
     modules = dict(model.named_modules())

@@ -41,14 +41,6 @@ class Recipe:
     compile_mode: Optional[str] = "reduce-overhead"  # CUDA graphs: the fastest mode measured (bench/train_speed.py)
 
 
-def recipe_from_args(args) -> Recipe:
-    """The Recipe that resnet_torch.py's flags describe."""
-    return Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                  weight_decay=args.weight_decay, milestones=tuple(args.milestones), seed=args.seed,
-                  train_subset=args.train_subset, fast=not args.no_fast,
-                  compile_mode=None if args.compile_mode == "none" else args.compile_mode)
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (every device); call it before building the model, whose initial
     weights are drawn from torch's global generator."""
@@ -65,11 +57,11 @@ class History:
 
 def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 1000, channels_last: bool = False) -> float:
     """Top-1 accuracy of `model` on `split` (model and data on the same device), through the one evaluator."""
-    from ..runtime.backends import PyTorchBackend, evaluate as evaluate_backend
+    from ..runtime.backends import PyTorchRunner, evaluate as evaluate_runner
 
     device = next(model.parameters()).device
-    backend = PyTorchBackend(model, device, channels_last=channels_last)
-    return evaluate_backend(backend, split, batch_size, progress=False).accuracy
+    return evaluate_runner(PyTorchRunner(model, device, channels_last=channels_last), split, batch_size,
+                           progress=False).accuracy
 
 
 def _autocast(device: torch.device, enabled: bool):

@@ -19,6 +19,7 @@ WRITERS = {
     "onnx_gs_fast": "python onnx_gs.py --mode fast",
     "onnx_gs_fast_fp16": "python onnx_gs.py --mode fast --high-precision fp16",
     "validation": "python resnet_tensorrt.py",
+    "fp16": "python resnet_torch.py --fp16-onnx",
 }
 
 

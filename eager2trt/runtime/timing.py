@@ -79,3 +79,16 @@ def thread_sweep(make_fns: Callable[[int], list], runs: int, batch_size: int = 1
     finally:
         torch.set_num_threads(default)
     return out
+
+
+def cpu_latencies(models: dict, example: torch.Tensor, runs: int, sync: Optional[Callable[[], None]] = None,
+                  threads: bool = True) -> dict:
+    """Median batch-1 latency in ms of each named module on `example`: keyed name_cpu_{threads}t at 1 and the
+    default thread count (`threads`), else by name alone (a GPU model, timed with `sync`)."""
+    def fns(_threads: int) -> list:
+        return [(name, lambda m=m: m(example)) for name, m in models.items()]
+
+    with torch.no_grad():
+        if not threads:
+            return {name: measure(fn, runs=runs, sync=sync)["median_ms"] for name, fn in fns(0)}
+        return {f"{r['label']}_cpu_{r['threads']}t": r["median_ms"] for r in thread_sweep(fns, runs, sync=sync)}

@@ -1,0 +1,119 @@
+"""Eager-mode quantization-aware fine-tuning in the project's TensorRT scheme, converted to the same kind of
+INT8 model as post-training quantization (eager/quantize.py), so export and rewriting work exactly as for PTQ.
+
+The recipe (torch.ao.quantization's eager QAT, as in torchvision's references/classification/train_quantization.py):
+fuse with `fuse_model(is_qat=True)` (Conv+BN kept as QAT modules that fold BatchNorm into the fake-quantized
+weight), `prepare_qat` with FakeQuantize around the project's own observers (per-channel symmetric int8 weights
+in [-127, 127], per-tensor symmetric activations), calibrate them on real batches exactly as PTQ does (fake
+quantization off, eval mode: the observers see the float model's activations), then fine-tune from the FP32
+weights with the activation ranges fixed at the calibrated ones and BatchNorm statistics frozen, so training
+and inference compute the same quantized function; only the weights (re-observed every step) learn.
+"""
+
+import copy
+import warnings
+from dataclasses import replace
+from typing import Iterable, Optional
+
+import torch
+from torch.ao import quantization as tq
+from torch.ao.nn.intrinsic import qat as nniqat
+
+from ..errors import PipelineError, require_int
+from .data import Split
+from .engines import DEFAULT_ENGINE, candidate_engines
+from .quantize import _cannot_run, _run_failure, qconfig
+from .quiet import quantized_api
+from .train import History, Recipe, train
+
+# Fine-tuning a converged model: 1% of the reference's from-scratch rate (0.1), constant (no milestones); the
+# reference's momentum and weight decay. Plain fp32 steps (no bf16 autocast or torch.compile around fake quant).
+QAT_LR = 1e-3
+
+
+def qat_qconfig(activation_dtype: str = "quint8", calibration: str = "histogram") -> tq.QConfig:
+    """FakeQuantize around the observers of eager/quantize.py's qconfig: the same scheme, simulated in training."""
+    ptq = qconfig(activation_dtype, calibration)
+    return tq.QConfig(activation=tq.FakeQuantize.with_args(observer=ptq.activation),
+                      weight=tq.FakeQuantize.with_args(observer=ptq.weight))
+
+
+def qat_recipe(epochs: int, lr: float = QAT_LR, batch_size: int = 128, seed: int = 0,
+               train_subset: Optional[int] = None) -> Recipe:
+    """The training recipe of a QAT fine-tune: `epochs` at a constant `lr`."""
+    return Recipe(epochs=epochs, batch_size=batch_size, lr=lr, milestones=(), seed=seed, train_subset=train_subset,
+                  fast=False, compile_mode=None)
+
+
+def prepare(fp32: torch.nn.Module, activation_dtype: str = "quint8", calibration: str = "histogram") -> torch.nn.Module:
+    """A fused (is_qat), fake-quantized copy of `fp32` in training mode; `fp32` is left untouched."""
+    model = copy.deepcopy(fp32).cpu().train()
+    if not hasattr(model, "fuse_model"):
+        raise PipelineError(f"{type(model).__name__} has no fuse_model(); QAT needs torchvision's quantizable-model "
+                            f"contract (QuantStub/DeQuantStub, FloatFunctional, fuse_model(is_qat))")
+    model.fuse_model(is_qat=True)
+    model.qconfig = qat_qconfig(activation_dtype, calibration)
+    tq.prepare_qat(model, inplace=True)
+    return model
+
+
+def _activation_fake_quants(model: torch.nn.Module) -> list[tq.FakeQuantizeBase]:
+    """Every FakeQuantize but the weights' (QAT modules keep those as `weight_fake_quant`)."""
+    return [m for name, m in model.named_modules() if isinstance(m, tq.FakeQuantizeBase)
+            and not name.endswith("weight_fake_quant")]
+
+
+def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Set the activation ranges from `batches` as PTQ does, then fix them for training; returns one image of them
+    (for the run check after conversion)."""
+    model.eval()  # BatchNorm uses its running statistics, as in inference
+    model.apply(tq.disable_fake_quant)
+    model.apply(tq.enable_observer)
+    count, example = 0, None
+    with torch.no_grad():
+        for x in batches:
+            model(x.cpu())
+            example = x[:1].cpu() if example is None else example
+            count += 1
+    if not count:
+        raise PipelineError("no calibration batches were given; pass at least one batch of real inputs")
+    model.apply(tq.enable_fake_quant)
+    for fq in _activation_fake_quants(model):
+        fq.disable_observer()
+    model.apply(nniqat.freeze_bn_stats)
+    return example
+
+
+def convert(model: torch.nn.Module, example: torch.Tensor, activation_dtype: str = "quint8",
+            engine: str = DEFAULT_ENGINE) -> torch.nn.Module:
+    """The INT8 eager model (quantized modules, BatchNorm folded), as eager/quantize.py's quantize returns: converted
+    for the first faithful engine that runs it on `example`."""
+    failures = []
+    for name in candidate_engines(engine):
+        torch.backends.quantized.engine = name
+        int8 = copy.deepcopy(model).cpu().eval()
+        with warnings.catch_warnings(), quantized_api():
+            warnings.filterwarnings("ignore", message="must run observer before calling calculate_qparams")
+            tq.convert(int8, inplace=True)
+            failure = _run_failure(int8, example)
+        if failure is None:
+            return int8
+        failures.append(f"the {name} engine cannot run this model ({failure})")
+    raise PipelineError(_cannot_run(failures, activation_dtype))
+
+
+def quantize_qat(fp32: torch.nn.Module, calib_batches: Iterable[torch.Tensor], train_split: Split,
+                 test_split: Split, epochs: int, recipe: Optional[Recipe] = None, activation_dtype: str = "quint8",
+                 calibration: str = "histogram", engine: str = DEFAULT_ENGINE,
+                 device: Optional[torch.device] = None) -> tuple[torch.nn.Module, History]:
+    """Fuse, fake-quantize and calibrate the unfused FP32 model `fp32` on `calib_batches`, fine-tune it `epochs` on
+    `train_split` (eager/train.py's loop, tested on `test_split` after each epoch), and convert it to INT8.
+
+    `recipe` defaults to qat_recipe(epochs); `device` to CUDA when available. Returns the INT8 model and the
+    training history."""
+    require_int("epochs", epochs)
+    recipe = replace(recipe, epochs=epochs) if recipe is not None else qat_recipe(epochs)
+    model = prepare(fp32, activation_dtype, calibration)
+    example = calibrate(model, calib_batches)
+    history = train(model, train_split, test_split, recipe, device=device)
+    return convert(model, example, activation_dtype, engine), history

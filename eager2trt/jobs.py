@@ -1,0 +1,146 @@
+"""The project's CIFAR-10 jobs, composed from pipeline calls: the main job (one process) and its first step.
+
+`main_job` trains or loads the FP32 model, runs `pipeline.quantize_to_tensorrt` on the real test images (each
+model evaluated once; every check reads those logits), makes the FP16 ONNX and records everything in
+metrics.json under the sections the step-by-step scripts write. The CLIs parse flags and call one of these.
+"""
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import contract
+from .artifacts import refuse_overwrite, save_torch, write_json
+from .contract import ArtifactPaths
+from .eager.calibration import split_training
+from .eager.data import calibration_batches, iterate_batches, load_cifar10
+from .eager.model import build_model, load_state_dict
+from .eager.train import Recipe, check_trained, seed_everything, train
+from .pipeline import PipelineResult, QuantizeConfig, quantize_to_tensorrt, write_fp16
+from .reports import metrics
+from .reports.plots import plot_training
+from .runtime.backends import PyTorchRunner, evaluate
+from .runtime.timing import cpu_latencies, environment
+
+
+@dataclass
+class JobOptions:
+    """Everything a CIFAR-10 job needs to know; the CLI builds it from its flags."""
+
+    data_dir: Path = contract.DATA_DIR
+    output_dir: Path = contract.OUTPUT_DIR
+    arch: str = "resnet18"
+    checkpoint: Optional[Path] = None
+    recipe: Recipe = field(default_factory=Recipe)
+    # auto: each range method from one pass, the best on held-out training images (docs/quantization.md); 20 batches
+    # of 128 random training images: 100 were no better on ResNet18 or MobileNetV2 and cost five times as long
+    quantization: QuantizeConfig = field(default_factory=lambda: QuantizeConfig(calibration="auto"))
+    calib_batches: Optional[int] = 20  # calibration batches of recipe.batch_size images (None: every image)
+    holdout_images: int = 1000  # training images held out of calibration for calibration "auto" to choose on
+    accuracy_budget: float = contract.ACCURACY_BUDGET
+    fast: Optional[str] = "fp32"  # high precision of the fast graph; None: no fast graph
+    fp16: bool = False  # also write and check the FP16 ONNX (the main job)
+    latency_runs: int = 200
+    download: bool = False
+    overwrite: bool = False  # training may replace an existing FP32 state_dict
+    save_every: int = 1
+    restart: bool = False
+
+
+def fp32_model(opts: JobOptions, data: dict) -> tuple[torch.nn.Module, dict]:
+    """Load the checkpoint, or train with the recipe and save the FP32 state_dict (and its curve)."""
+    seed_everything(opts.recipe.seed)  # before build_model: the initial weights come from the seeded generator
+    model = build_model(opts.arch)
+    if opts.checkpoint is not None:
+        return load_state_dict(model, opts.checkpoint, opts.arch), {"checkpoint": str(opts.checkpoint)}
+    paths = ArtifactPaths(opts.output_dir)
+    refuse_overwrite(paths.fp32_state, opts.overwrite)
+    history = train(model, data["train"], data["test"], opts.recipe, state_path=paths.train_state,
+                    save_every=opts.save_every, restart=opts.restart)
+    model.cpu()
+    check_trained(model, history, data["test"])
+    if paths.fp32_state.exists():
+        print(f"replacing {paths.fp32_state} with the newly trained weights (overwrite)")
+    save_torch(model.state_dict(), paths.fp32_state)
+    paths.train_state.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
+    if history.epochs:
+        write_json(paths.training_history, {"epochs": history.epochs})
+        plot_training(history.epochs, paths.training_curve, title=f"{opts.arch} on CIFAR-10")
+    return model, {"epochs": history.epochs, "train_seconds": history.train_seconds, "recipe": asdict(opts.recipe)}
+
+
+def calibration_data(train, opts: JobOptions) -> tuple:
+    """Calibration batches, and for calibration "auto" (batches, labels) of other training images to choose on."""
+    if opts.quantization.calibration != "auto":
+        return calibration_batches(train, opts.recipe.batch_size, opts.calib_batches), None
+    size = opts.recipe.batch_size
+    calib_images = (opts.calib_batches or -(-(len(train) - opts.holdout_images) // size)) * size
+    calib, held = split_training(train, min(calib_images, len(train) - opts.holdout_images), opts.holdout_images)
+    batches = [(x, y) for x, y in iterate_batches(held, size)]
+    return [x for x, _ in iterate_batches(calib, size)], ([x for x, _ in batches], [y for _, y in batches])
+
+
+def main_job(opts: JobOptions) -> dict:
+    """Train or load, quantize, make TensorRT-ready, verify on the test set, write artifacts and metrics.json."""
+    t_start = time.perf_counter()
+    paths = ArtifactPaths(opts.output_dir)
+    data = load_cifar10(opts.data_dir, download=opts.download)
+    fp32, training = fp32_model(opts, data)
+    test = data["test"]
+    images = [x for x, _ in iterate_batches(test, 500)]
+    calib, holdout = calibration_data(data["train"], opts)
+    result = quantize_to_tensorrt(fp32, calib, opts.output_dir, opts.quantization, images=images, labels=test.labels,
+                                  fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout)
+    extra = write_fp16(paths.fp32_onnx, paths.fp16_onnx, images, test.labels, result.accuracy["fp32"],
+                       "PyTorch FP32") if opts.fp16 else []
+    example = images[0][:1]
+    latency = cpu_latencies({"fp32": result.fp32, "int8": result.int8, "int8_torchscript": result.int8_torchscript},
+                            example, opts.latency_runs)
+    if torch.cuda.is_available():
+        latency.update(cpu_latencies({"fp32_cuda": result.fp32.cuda()}, example.cuda(), opts.latency_runs,
+                                     sync=torch.cuda.synchronize, threads=False))
+        result.fp32.cpu()
+    record = record_of(result, opts, training, latency, extra, time.perf_counter() - t_start)
+    for section, values in record.items():
+        metrics.update(paths.metrics, section, values)
+    return {"result": result, "record": record, "checks": result.checks + extra}
+
+
+def record_of(result: PipelineResult, opts: JobOptions, training: dict, latency: dict, extra: list,
+              seconds: float) -> dict:
+    """metrics.json sections: pytorch (stage 1's figures), onnx_gs / onnx_gs_fast (the graphs), fp16, validation."""
+    pytorch = {"arch": opts.arch, "fp32_accuracy": result.accuracy.get("fp32"),
+               "int8_accuracy": result.accuracy.get("int8"), "fusion_max_abs_diff": result.fusion_max_abs_diff,
+               "int8_vs_onnx_agreement": result.check("agreement").figures, "latency_batch1_ms": latency,
+               "activation_dtype": opts.quantization.activation_dtype, "engine": result.engine,
+               "calibration": opts.quantization.calibration, "calib_batches": opts.calib_batches,
+               "calibration_choice": getattr(result.int8, "calibration_choice", None),
+               "seed": opts.recipe.seed, "environment": environment(), "training": training, "wall_seconds": seconds,
+               "checks": {c.name: c.as_dict() for c in result.checks if not c.name.startswith(("exact", "fast", "lint"))}}
+    record = {"pytorch": pytorch}
+    for mode, section in (("exact", "onnx_gs"), ("fast", "onnx_gs_fast")):
+        if mode in result.graphs:
+            record[section] = result.graphs[mode].record()
+    validation = {}
+    for g in result.graphs.values():
+        if g.path is not None and g.accuracy is not None:
+            validation[g.path.name] = {"backend": "onnxruntime", "model": str(g.path), "accuracy": g.accuracy,
+                                       "samples": len(result.logits["int8"]["real"]), "quantized": True,
+                                       "reference": "int8", "reference_accuracy": result.accuracy["int8"]}
+    if validation:
+        record["validation"] = validation
+    if extra:
+        record["fp16"] = {c.name: c.as_dict() for c in extra}
+    return record
+
+
+def pytorch_reference_logits(torchscript: Path, test) -> tuple:
+    """PyTorch INT8 logits on `test` from a saved TorchScript, on the engine chosen for this machine."""
+    from .eager.engines import select_engine
+
+    select_engine()  # loading repacks the weights for the current engine: make it the faithful one
+    model = torch.jit.load(str(torchscript))
+    return evaluate(PyTorchRunner(model), test).logits, f"PyTorch INT8 (TorchScript {Path(torchscript).name})"
