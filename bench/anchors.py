@@ -73,8 +73,8 @@ def calibration_images(train, n: int) -> torch.Tensor:
 def ours(args, calib: torch.Tensor, work: Path) -> tuple[dict, torch.nn.Module]:
     """Our graphs from the checkpoint quantized in PyTorch on `calib`: exact, fast FP32, fast FP16."""
     fp32 = load_state_dict(build_model(), args.checkpoint, "resnet18").eval()
-    int8 = quantize(fuse(fp32)[0], calib.split(128))
-    exported = load_onnx(export_onnx(int8, work / contract.INT8_ONNX))
+    int8 = quantize(fuse(fp32, tuple(calib.shape[1:]))[0], calib.split(128))
+    exported = load_onnx(export_onnx(int8, work / contract.INT8_ONNX, calib[:1]))
     graphs = {"ours exact": make_graph(exported, "exact"), "ours fast, FP32 high precision": make_graph(exported, "fast"),
               "ours fast, FP16 high precision": make_graph(exported, "fast", "fp16")}
     files = {}

@@ -62,7 +62,7 @@ def load(args):
     select_engine(args.engine)
     data = load_cifar10(args.data_dir)
     fp32 = load_state_dict(build_model(args.arch), args.checkpoint, args.arch).eval()
-    return data, fp32, fuse(fp32)[0]
+    return data, fp32, fuse(fp32, tuple(data["train"].images.shape[1:]))[0]
 
 
 def calibration_images(train: Split, order: str, n: int, holdout: int) -> tuple[Split, Split]:

@@ -75,13 +75,13 @@ def latency(int8, runs: int) -> dict:
 def measure_arch(arch: str, engines: list, args, workdir: Path) -> list:
     torch.manual_seed(args.seed)
     fp32 = variance_preserving_init(build_model(arch)).eval()
-    fused, _ = fuse(fp32)
     batches = random_inputs(args.samples, args.seed)
+    fused, _ = fuse(fp32, tuple(batches[0].shape[1:]))
     fp32_logits = logits(fp32, batches)
     rows = []
     for engine in engines:
         int8 = quantize(fused, batches, engine=engine)
-        onnx_path = export_onnx(int8, workdir / f"{arch}_{engine}.onnx")
+        onnx_path = export_onnx(int8, workdir / f"{arch}_{engine}.onnx", batches[0])
         row = {"arch": arch, "engine": engine, **fidelity(int8, onnx_path, fp32_logits, batches),
                **latency(int8, args.runs)}
         print(row, flush=True)

@@ -88,7 +88,8 @@ def build_artifacts(args, workdir: Path) -> dict:
              "int8_onnx_modified": result.paths.int8_onnx_modified}
     engine = torch.backends.quantized.engine
     try:
-        reference = quantize(fuse(fp32)[0], calib[:1], activation_dtype="qint8", engine="qnnpack")
+        reference = quantize(fuse(fp32, tuple(calib[0].shape[1:]))[0], calib[:1], activation_dtype="qint8",
+                             engine="qnnpack")
         ref_note = None
     except PipelineError as exc:
         reference, ref_note = None, str(exc)

@@ -102,7 +102,7 @@ def evaluate_stage(args) -> None:
     batches = [x for x, _ in iterate_batches(test, 250)]
     labels = test.labels.numpy()
     fp32 = load_state_dict(build_model(args.arch), args.out / f"{args.arch}.pt", args.arch).eval()
-    fused, _ = fuse(fp32)
+    fused, _ = fuse(fp32, tuple(batches[0].shape[1:]))
     train_json = args.out / f"{args.arch}_train.json"
     record = {"arch": args.arch, "engine": engine, "calib_images": len(calib), "holdout_images": len(holdout),
               "test_images": len(test), "threads": args.threads, "environment": environment(),
@@ -143,7 +143,7 @@ def graph_row(int8: torch.nn.Module, batches: list, labels: np.ndarray, pt: np.n
     """The exact TensorRT-ready graph of `int8` in onnxruntime (graph as written) and its agreement with PyTorch."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        exported = load_onnx(export_onnx(int8, Path(tmp) / "int8.onnx"))
+        exported = load_onnx(export_onnx(int8, Path(tmp) / "int8.onnx", batches[0]))
     ready, _ = make_tensorrt_ready(exported)
     graph = logits(OnnxRunner(ready, threads=threads), batches, desc=False).astype(np.float64)
     return {"test_accuracy": accuracy(graph, labels), "argmax_agreement_with_pytorch": argmax_agreement(pt, graph),

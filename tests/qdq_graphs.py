@@ -101,13 +101,14 @@ class QdqBuilder:
         return model
 
 
-def residual_graph(downsample=False, zp=np.int8(0), head=True, skip_op=None) -> onnx.ModelProto:
+def residual_graph(downsample=False, zp=np.int8(0), head=True, skip_op=None, flat_scale=0.02) -> onnx.ModelProto:
     """A ResNet basic block as PyTorch exports it: Q/DQ on every module output, both Add inputs through Q/DQ.
 
     input -> Q/DQ -> conv1 -> Relu -> Q/DQ -> conv2 -> Q/DQ -> Add(., skip) -> Relu -> Q/DQ
     [-> GlobalAveragePool -> Q/DQ -> Flatten -> Q/DQ -> Gemm -> Q/DQ] -> output.
     The skip is the block input, or with `downsample` a conv of it through its own Q/DQ; `skip_op` puts
     that op (e.g. Relu) on the conv branch's place instead of conv2, which makes the Add unfusable.
+    `flat_scale` is the scale of the pair after Flatten (PyTorch's quantized flatten keeps its input's, 0.02).
     """
     b, c = QdqBuilder(zp), 4
     x = b.qdq("input", 0.04)
@@ -117,7 +118,7 @@ def residual_graph(downsample=False, zp=np.int8(0), head=True, skip_op=None) -> 
     out = b.qdq(b.node("Relu", [b.node("Add", [y, skip])]), 0.07)
     if head:
         pooled = b.qdq(b.node("GlobalAveragePool", [out]), 0.02)
-        flat = b.qdq(b.node("Flatten", [pooled], axis=1), 0.02)
+        flat = b.qdq(b.node("Flatten", [pooled], axis=1), flat_scale)
         w = b.add_init("fc_w", np.random.default_rng(4).integers(-127, 128, (3, c)).astype(np.int8))
         ws = b.add_init("fc_ws", np.full(3, 0.01, np.float32))
         wz = b.add_init("fc_wz", np.zeros(3, np.int8))

@@ -61,13 +61,20 @@ def test_conv_branch_refuses_to_guess_between_equal_paths():
     assert placement.place_residual_qdq(g) == 0
 
 
-def test_feeds_int8_op_looks_through_flatten_but_not_into_the_next_pair():
+def test_feeds_int8_op_looks_through_flatten_and_past_a_pair_of_the_same_scale():
     g = graph_of(residual_graph())
     dangling = placement.dangling_dequantizes(g)
     consumers = sorted(c.op for dq in dangling for c in dq.outputs[0].outputs)
     # before placement the conv branch's pair dangles (the skip's DQ also feeds conv1); the pair before Flatten
-    # feeds only the next pair; the last pair feeds nothing but the graph output
-    assert consumers == ["Add", "Flatten"] and len(dangling) == 3
+    # reaches the Gemm past the same-scale pair after it (one int8 grid: TensorRT's DQ and Q cancel); the last
+    # pair feeds nothing but the graph output
+    assert consumers == ["Add"] and len(dangling) == 2
+
+
+def test_feeds_int8_op_stops_at_a_pair_of_another_scale():
+    g = graph_of(residual_graph(flat_scale=0.03))
+    consumers = sorted(c.op for dq in placement.dangling_dequantizes(g) for c in dq.outputs[0].outputs)
+    assert consumers == ["Add", "Flatten"]  # the pair before Flatten would be requantized: it dangles
 
 
 # ---------------------------------------------------------------- rewrites
@@ -96,10 +103,10 @@ def test_place_residual_qdq_rewires_only_the_add_when_the_dq_has_other_consumers
 
 
 def test_drop_dangling_qdq_keeps_only_pairs_that_feed_int8_ops():
-    g = graph_of(residual_graph())
+    g = graph_of(residual_graph(flat_scale=0.03))
     placement.place_residual_qdq(g)
     g.cleanup()
-    assert placement.drop_dangling_qdq(g) == 2  # before Flatten, after the Gemm
+    assert placement.drop_dangling_qdq(g) == 2  # before Flatten (another scale after it), after the Gemm
     g.cleanup()
     flatten = next(n for n in g.nodes if n.op == "Flatten")
     assert source(flatten.inputs[0]).op == "GlobalAveragePool"
@@ -111,12 +118,27 @@ def test_drop_dangling_qdq_keeps_only_pairs_that_feed_int8_ops():
     assert placement.drop_dangling_qdq(g) == 0
 
 
+def test_fold_qdq_after_data_movement_is_exact_and_keeps_the_pair_before():
+    model = residual_graph()
+    g = graph_of(model)
+    assert placement.fold_qdq_after_data_movement(g) == 1  # the same-scale pair after Flatten
+    g.cleanup()
+    gemm = next(n for n in g.nodes if n.op == "Gemm")
+    assert source(gemm.inputs[0]).op == "Flatten" and source(source(gemm.inputs[0]).inputs[0]).op == "DequantizeLinear"
+    assert placement.fold_qdq_after_data_movement(g) == 0
+    assert ort_equivalence(model, gs.export_onnx(g), batches()).passed  # moving int8 values keeps them
+    other = graph_of(residual_graph(flat_scale=0.03))
+    assert placement.fold_qdq_after_data_movement(other) == 0  # another scale: a real requantization
+
+
 def test_make_fast_counts_and_stays_close_to_the_exact_graph():
     model = residual_graph(zp=np.uint8(128))
     exact, _ = surgery.make_tensorrt_ready(model)
     fast, report = placement.make_fast(model)
     assert report["rewrites"] == {"fold_constant_inputs": 0, "remove_qdq_casts": 0, "fold_bias_dequantize": 0,
-                                  "place_residual_qdq": 1, "drop_dangling_qdq": 2, "int8_zero_points": 8}
+                                  "place_residual_qdq": 1, "fold_qdq_after_data_movement": 1,
+                                  "share_concat_scales": 0, "commute_qdq_through_maxpool": 0,
+                                  "drop_dangling_qdq": 1, "int8_zero_points": 8}
     onnx.checker.check_model(fast, full_check=True)
     eq = ort_equivalence(exact, fast, batches(), atol=0.5)  # one rounding step less per place, not bit-exact
     assert eq.passed and eq.figures["max_abs_diff"] > 0 and eq.figures["argmax_agreement"] == 1.0
@@ -183,17 +205,25 @@ def test_unknown_high_precision_is_refused():
 def test_exact_graph_warns_and_fast_graph_passes_the_performance_rules(capsys):
     exact, _ = surgery.make_tensorrt_ready(residual_graph())
     found = lint.lint(exact, performance="warning")
-    assert len(found["residual_add_fusable"]) == 1 and len(found["no_dangling_qdq"]) == 3
+    assert len(found["residual_add_fusable"]) == 1 and len(found["no_dangling_qdq"]) == 2
     assert all(f.level == "warning" for f in found["residual_add_fusable"] + found["no_dangling_qdq"])
     assert lint.print_lint(found)  # warnings do not fail
     assert "WARN residual_add_fusable" in capsys.readouterr().out
     assert lint.performance_summary(exact) == {"high_precision": "fp32", "residual_adds": 1,
-                                               "fusable_residual_adds": 0, "unfused_elementwise": 1}
+                                               "fusable_residual_adds": 0, "unfused_elementwise": 1,
+                                               "requantize_layers": 0, "unfused_activations": 0,
+                                               "unfused_maxpools": 0, "predicted_unfused_layers": 1,
+                                               "quantize_nodes": 7, "dequantize_nodes": 10}
     fast, _ = placement.make_fast(residual_graph())
     assert not any(lint.lint(fast, performance="error").values())
     assert lint.performance_summary(fast) == {"high_precision": "fp32", "residual_adds": 1,
-                                              "fusable_residual_adds": 1, "unfused_elementwise": 0}
+                                              "fusable_residual_adds": 1, "unfused_elementwise": 0,
+                                              "requantize_layers": 0, "unfused_activations": 0,
+                                              "unfused_maxpools": 0, "predicted_unfused_layers": 0,
+                                              "quantize_nodes": 4, "dequantize_nodes": 7}
     assert set(lint.lint(fast)) == {r.__name__ for r in lint.RULES}  # without a level: correctness rules only
+    assert set(lint.lint(fast, performance="error")) == {r.__name__ for r in
+                                                         lint.RULES + lint.PERFORMANCE_RULES + lint.PREDICTIONS}
 
 
 def test_residual_add_fusable_fails_when_the_branch_is_not_a_conv(capsys):
@@ -249,7 +279,8 @@ def test_onnx_gs_fast_cli_lints_and_says_when_only_the_lint_ran(tmp_path):
     proc = run_script(ROOT / "onnx_gs.py", "--input", src, "--output", out, "--mode", "fast",
                       "--metrics", tmp_path / "m.json")
     assert proc.returncode == 0, proc.stderr
-    for line in ("place_residual_qdq: 1", "drop_dangling_qdq: 2", "PASS lint.residual_add_fusable", "PASS lint.no_dangling_qdq",
+    for line in ("place_residual_qdq: 1", "fold_qdq_after_data_movement: 1", "drop_dangling_qdq: 1",
+                 "PASS lint.residual_add_fusable", "PASS lint.no_dangling_qdq",
                  "direct Conv input + DQ skip): 1/1", "left unfused: 0", "only the lint ran"):
         assert line in proc.stdout, line
     assert "onnx_gs_fast" in (tmp_path / "m.json").read_text()
@@ -292,9 +323,11 @@ def exported(request, tmp_path_factory):
     gen = torch.Generator().manual_seed(0)
     model = getattr(qmodels, arch)(weights=None, quantize=False, num_classes=10)
     model = settle_batchnorm(model, gen) if arch.startswith("mobilenet") else model.eval()
-    fused, _ = fuse(model)
-    int8 = quantize(fused, [torch.randn(8, 3, 32, 32, generator=gen) for _ in range(2)])
-    return arch, out, export_onnx(fused, out / "resnet_cifar10.onnx"), export_onnx(int8, out / "resnet_quantized_cifar10.onnx")
+    fused, _ = fuse(model, (3, 32, 32))
+    calib = [torch.randn(8, 3, 32, 32, generator=gen) for _ in range(2)]
+    int8 = quantize(fused, calib)
+    return (arch, out, export_onnx(fused, out / "resnet_cifar10.onnx", calib[0]),
+            export_onnx(int8, out / "resnet_quantized_cifar10.onnx", calib[0]))
 
 
 def test_fast_mode_generality(exported):

@@ -35,9 +35,9 @@ def quantized(request, tmp_path_factory):
     """(arch, fused FP32, INT8 on the chosen engine, its Q/DQ ONNX path), calibrated on random inputs."""
     torch.manual_seed(0)
     fp32 = variance_preserving_init(build_model(request.param)).eval()
-    fused, _ = fuse(fp32)
+    fused, _ = fuse(fp32, (3, 32, 32))
     int8 = quantize(fused, batches(3, seed=1))
-    path = export_onnx(int8, tmp_path_factory.mktemp(request.param) / "int8.onnx")
+    path = export_onnx(int8, tmp_path_factory.mktemp(request.param) / "int8.onnx", batches(1, seed=1)[0])
     return request.param, fused, int8, path
 
 
@@ -64,8 +64,8 @@ def test_graph_of_another_model_fails_with_one_sentence(quantized, tmp_path):
     arch, fused, int8, _ = quantized
     engines.select_engine()
     torch.manual_seed(1)  # the same architecture, other weights: same output shape, other function
-    other_fused, _ = fuse(variance_preserving_init(build_model(arch)).eval())
-    other = export_onnx(quantize(other_fused, batches(1, seed=1)), tmp_path / "other.onnx")
+    other_fused, _ = fuse(variance_preserving_init(build_model(arch)).eval(), (3, 32, 32))
+    other = export_onnx(quantize(other_fused, batches(1, seed=1)), tmp_path / "other.onnx", batches(1, seed=1)[0])
     with pytest.raises(CheckFailed, match="different model") as exc:
         require(agreement_of(int8, other, fused, batches(2, seed=2)))
     assert "\n" not in str(exc.value)

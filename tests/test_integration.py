@@ -92,7 +92,7 @@ def test_brief_run_writes_every_artifact_and_complete_metrics(brief):
 
 def test_brief_fused_equals_unfused(brief):
     out, _, _, _ = brief
-    _, max_abs = fuse(load_state_dict(build_model(), out / "resnet_cifar10.pt", "resnet18"))
+    _, max_abs = fuse(load_state_dict(build_model(), out / "resnet_cifar10.pt", "resnet18"), (3, 32, 32))
     assert max_abs < 1e-3
 
 

@@ -30,7 +30,7 @@ def test_unknown_arch_lists_choices():
 
 def test_fuse_folds_batchnorm_and_keeps_outputs():
     model = trained_like()
-    fused, err = fuse(model)
+    fused, err = fuse(model, (3, 32, 32))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # original untouched
     assert err < 1e-3
@@ -44,7 +44,7 @@ def test_fuse_failure_stops_the_run(monkeypatch):
 
     monkeypatch.setattr(type(model), "fuse_model", broken_fuse)
     with pytest.raises(PipelineError, match="fused model deviates"):
-        fuse(model)
+        fuse(model, (3, 32, 32))
 
 
 def test_qconfig_is_symmetric_with_weights_in_minus127_127():
@@ -69,7 +69,7 @@ def test_unknown_options_are_refused():
 @pytest.mark.parametrize("calibration", ["minmax", "histogram"])
 def test_quantize_produces_int8_weights_and_close_outputs(calibration):
     model = trained_like()
-    fused, _ = fuse(model)
+    fused, _ = fuse(model, (3, 32, 32))
     int8 = quantize(fused, calib(), calibration=calibration)
     conv = int8.conv1
     w = conv.weight()
@@ -83,7 +83,7 @@ def test_quantize_produces_int8_weights_and_close_outputs(calibration):
 
 
 def test_qint8_activations_run_or_fail_with_one_sentence():
-    fused, _ = fuse(trained_like())
+    fused, _ = fuse(trained_like(), (3, 32, 32))
     try:
         int8 = quantize(fused, calib(1), activation_dtype="qint8")
     except PipelineError as exc:  # torch 2.11/2.14 CPU engines reject qint8 activations (measured)

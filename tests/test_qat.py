@@ -37,7 +37,7 @@ def trained():
     calib = [torch.randn(32, 3, 32, 32, generator=gen) for _ in range(2)]
     int8, history = qat.quantize_qat(fp32, calib, noise_split(256, 2), noise_split(64, 3), epochs=1,
                                      calibration="minmax", engine=ENGINE, device=torch.device("cpu"))
-    ptq = quantize(fuse(fp32)[0], calib, calibration="minmax", engine=ENGINE)
+    ptq = quantize(fuse(fp32, (3, 32, 32))[0], calib, calibration="minmax", engine=ENGINE)
     return fp32, int8, ptq, history
 
 
@@ -63,7 +63,7 @@ def test_qat_converts_to_the_ptq_kind_of_model_with_the_calibrated_ranges(traine
 
 def test_qat_model_exports_and_passes_the_exact_surgery(trained, tmp_path):
     _, int8, _, _ = trained
-    path = export_onnx(int8, tmp_path / "qat_int8.onnx")
+    path = export_onnx(int8, tmp_path / "qat_int8.onnx", random_batches((1, 3, 32, 32), 1)[0])
     original = onnx.load(str(path))
     ready, report = make_tensorrt_ready(original)
     assert report["rewrites"]["int8_zero_points"] > 0 and passed(lint(ready))

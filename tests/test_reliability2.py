@@ -1071,7 +1071,7 @@ def test_a_model_returning_a_tuple_is_one_sentence():
             return out, out
 
     with raises("the model returns a tuple, not one logits tensor", start=True):
-        fuse(TupleNet())
+        fuse(TupleNet(), (3, 32, 32))
 
 
 @pytest.mark.parametrize("failure,fragment", [

@@ -4,10 +4,14 @@ Rules from the TensorRT 10/11 developer guide ("Explicit Quantization", "Q/DQ La
 and the ONNX-TensorRT operator notes: int8 Q/DQ with zero point 0; per-channel scales only on
 constant weights along the output-channel axis; per-tensor activations; Q feeds DQ directly; integer
 tensors reach compute ops only through DequantizeLinear; opset >= 13 (per-axis Q/DQ).
-Performance rules (warnings for the exact graph, errors for fast mode): every residual Add fusable
-into its conv (one input straight from a Conv, the skip through DequantizeLinear: TensorRT's Q/DQ
-layer-placement guide), and no Q/DQ pair that feeds no INT8 operation. They are written here on their
-own, not imported from the rewriter they check.
+Performance rules (warnings for the exact graph, errors for fast mode), after TensorRT's Q/DQ
+layer-placement recommendations and Q/DQ propagation rules: every residual Add fusable into its conv
+(one input straight from a Conv, the skip through DequantizeLinear); no Q/DQ pair that feeds no INT8
+operation; each Concat input that only the Concat reads quantized with the Concat output's scale (else
+TensorRT requantizes it); no Q/DQ between a conv and the activation or max pool it would fuse with.
+A prediction rule (always a warning) names the requantize layers that remain: a DQ whose values reach,
+through data movement, Relu or max pooling, a Q with other qparams. They are written here on their own,
+not imported from the rewriter they check (they read the same op table, ops.py).
 Known limitations: shapes are not inferred, so per-channel counts are checked against constant
 weights only; FP8/INT4 rules are out of scope; the unfused-elementwise figure is a prediction from the
 graph's structure, not TensorRT's layer report.
@@ -21,7 +25,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .onnx_utils import fold_constant_inputs, qdq_nodes, zero_point
-from .ops import BINARY_ELEMENTWISE, COMPUTE_OPS, INT8_INPUTS, LOOK_THROUGH
+from .ops import (BINARY_ELEMENTWISE, COMMUTING_POOLS, COMPUTE_OPS, FUSABLE_ACTIVATIONS, INT8_INPUTS, LOOK_THROUGH,
+                  SHAPE_READERS, data_inputs)
 
 MIN_OPSET = 13
 PERFORMANCE_LEVELS = ("warning", "error")
@@ -128,8 +133,17 @@ def residual_add_fusable(graph: gs.Graph) -> list[Finding]:
             for n in _residual_adds(graph) if not _fusable(n)]
 
 
-def _reaches_int8_input(t) -> bool:
-    """True when `t` reaches an INT8 input or a fusable Add's skip, through Relu/Flatten/Reshape/Concat."""
+def _qparams(n: gs.Node) -> Optional[tuple]:
+    scale, zp = n.inputs[1], zero_point(n)
+    if not isinstance(scale, gs.Constant) or not (zp is None or isinstance(zp, gs.Constant)):
+        return None
+    return (np.asarray(scale.values, np.float32).tobytes(),
+            None if zp is None else (zp.values.dtype.str, np.asarray(zp.values).tobytes()))
+
+
+def _reaches_int8_input(t, origin: Optional[tuple] = None) -> bool:
+    """True when `t` reaches an INT8 input or a fusable Add's skip, through Relu and data movement, and past a Q
+    with the `origin` qparams (values kept on one int8 grid: TensorRT's DQ and Q cancel)."""
     stack, seen = [t], set()
     while stack:
         tensor = stack.pop()
@@ -137,19 +151,126 @@ def _reaches_int8_input(t) -> bool:
             slots = [i for i, x in enumerate(n.inputs) if x is tensor]
             if any(i in INT8_INPUTS.get(n.op, ()) for i in slots) or (n.op == "Add" and _fusable(n)):
                 return True
-            if n.op in LOOK_THROUGH and 0 in slots and id(n) not in seen:
-                seen.add(id(n))
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if n.op in LOOK_THROUGH and set(slots) & set(data_inputs(n.op, len(n.inputs))):
                 stack.extend(n.outputs)
+            elif n.op == "QuantizeLinear" and origin is not None and _qparams(n) == origin:
+                stack.extend(c.outputs[0] for c in n.outputs[0].outputs if c.op == "DequantizeLinear")
     return False
 
 
+def _activation_pairs(graph: gs.Graph) -> list:
+    """DequantizeLinear nodes fed by a QuantizeLinear of an activation (not a weight quantized in-graph)."""
+    return [n for n in graph.nodes if n.op == "DequantizeLinear" and _source_op(n.inputs[0]) == "QuantizeLinear"
+            and isinstance(n.inputs[0].inputs[0].inputs[0], gs.Variable)]
+
+
 def no_dangling_qdq(graph: gs.Graph) -> list[Finding]:
-    """Every activation Q/DQ pair feeds an INT8 operation; others only add rounding and kernels."""
+    """Every activation Q/DQ pair feeds an INT8 operation, or quantizes a tensor an INT8 consumer needs anyway;
+    others only add rounding and kernels. A DQ read only for its shape is dangling."""
+    pairs = _activation_pairs(graph)
+    reach = {id(n): _reaches_int8_input(n.outputs[0], _qparams(n)) for n in pairs}
+    key = {id(n): (id(n.inputs[0].inputs[0].inputs[0]), _qparams(n.inputs[0].inputs[0])) for n in pairs}
+    needed = {key[id(n)] for n in pairs if reach[id(n)]}
+    shape_only = {id(n) for n in pairs if all(c.op in SHAPE_READERS for c in n.outputs[0].outputs)}
     return [Finding("no-dangling-qdq", n.name, n.op, "feeds " + (", ".join(sorted({c.op for c in n.outputs[0].outputs}))
                                                                or "the graph output") + ", no INT8 operation")
-            for n in graph.nodes if n.op == "DequantizeLinear" and _source_op(n.inputs[0]) == "QuantizeLinear"
-            and isinstance(n.inputs[0].inputs[0].inputs[0], gs.Variable)  # weights quantized in-graph are not pairs
-            and not _reaches_int8_input(n.outputs[0])]
+            for n in pairs if not reach[id(n)] and (id(n) in shape_only or key[id(n)] not in needed)]
+
+
+def _output_qparams(node: gs.Node) -> Optional[tuple]:
+    """The qparams every value consumer of `node`'s output re-quantizes with, or None."""
+    consumers = [c for c in node.outputs[0].outputs if c.op not in SHAPE_READERS]
+    if not consumers or any(c.op != "QuantizeLinear" for c in consumers):
+        return None
+    found = {_qparams(c) for c in consumers}
+    return found.pop() if len(found) == 1 else None
+
+
+def _exclusive_dq(t, consumer: gs.Node) -> Optional[gs.Node]:
+    """The DQ of the Q/DQ pair `t` comes through, when both serve only `consumer`."""
+    dq = t.inputs[0] if isinstance(t, gs.Variable) and t.inputs else None
+    if dq is None or dq.op != "DequantizeLinear" or _source_op(dq.inputs[0]) != "QuantizeLinear":
+        return None
+    q = dq.inputs[0].inputs[0]
+    return dq if list(q.outputs[0].outputs) == [dq] and all(c is consumer for c in dq.outputs[0].outputs) else None
+
+
+def concat_inputs_share_scale(graph: gs.Graph) -> list[Finding]:
+    """Each Concat input that only the Concat reads is quantized with the Concat output's qparams, so TensorRT's
+    DQ and Q around the concat cancel instead of becoming a requantize layer per input."""
+    out = []
+    for n in (n for n in graph.nodes if n.op == "Concat"):
+        target = _output_qparams(n)
+        if target is None:
+            continue
+        for t in n.inputs:
+            dq = _exclusive_dq(t, n)
+            if dq is not None and _qparams(dq) != target:
+                out.append(Finding("concat-shares-scale", n.name, n.op, f"input {t.name} is quantized at another "
+                                   f"scale than the output: TensorRT requantizes it; give it the output's scale"))
+    return out
+
+
+def _conv_output(t) -> bool:
+    """Whether `t` is a conv output, directly or through the activation fused with it."""
+    op = _source_op(t)
+    return op in COMPUTE_OPS or (op in FUSABLE_ACTIVATIONS and _source_op(t.inputs[0].inputs[0]) in COMPUTE_OPS)
+
+
+def activation_fusable(graph: gs.Graph) -> list[Finding]:
+    """No Q/DQ between a conv and the activation after it: TensorRT fuses Conv + activation, and a pair between
+    forces an INT8 conv output and a separate activation layer (placement recommendation: do not quantize the
+    outputs of weighted operations)."""
+    out = []
+    for n in (n for n in graph.nodes if n.op in FUSABLE_ACTIVATIONS):
+        dq = n.inputs[0].inputs[0] if isinstance(n.inputs[0], gs.Variable) and n.inputs[0].inputs else None
+        if dq is not None and dq.op == "DequantizeLinear" and _source_op(dq.inputs[0]) == "QuantizeLinear" \
+                and _source_op(dq.inputs[0].inputs[0].inputs[0]) in COMPUTE_OPS:
+            out.append(Finding("activation-fusable", n.name, n.op, "reads its conv through Q/DQ: TensorRT runs it "
+                                                                   "as a separate layer; feed it the conv output"))
+    return out
+
+
+def maxpool_fusable(graph: gs.Graph) -> list[Finding]:
+    """No Q/DQ between a conv (and its activation) and the max pool after it when the pool's output is
+    re-quantized with the same qparams: the pair belongs after the pool (max commutes with the rounding), so
+    Conv + activation + MaxPool can fuse (ModelOpt's Conv-Act-Pool partition)."""
+    out = []
+    for n in (n for n in graph.nodes if n.op in COMMUTING_POOLS):
+        dq = _exclusive_dq(n.inputs[0], n)
+        if dq is not None and _conv_output(dq.inputs[0].inputs[0].inputs[0]) and _output_qparams(n) == _qparams(dq):
+            out.append(Finding("maxpool-fusable", n.name, n.op, "reads its conv through a Q/DQ pair that the Q after "
+                                                                "the pool repeats: move the pair after the pool"))
+    return out
+
+
+def _dequantized_sources(t) -> list:
+    """The DequantizeLinear nodes whose values reach `t` through Relu, data movement and max pooling."""
+    found, stack, seen = [], [t], set()
+    while stack:
+        x = stack.pop()
+        n = x.inputs[0] if isinstance(x, gs.Variable) and x.inputs else None
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op == "DequantizeLinear":
+            found.append(n)
+        elif n.op in LOOK_THROUGH + COMMUTING_POOLS:
+            stack.extend(n.inputs[i] for i in data_inputs(n.op, len(n.inputs)))
+    return found
+
+
+def requantizing_layers(graph: gs.Graph) -> list[Finding]:
+    """Prediction: each activation Q whose input carries values dequantized with other qparams (through copies,
+    Relu or max pooling) becomes a TensorRT requantize layer, where DQ forward and Q backward propagation meet
+    with two scales."""
+    return [Finding("requantize", q.name, q.op, f"re-quantizes values dequantized by {dq.name} at another scale: "
+                                                f"TensorRT runs a requantize layer", level="warning")
+            for q in graph.nodes if q.op == "QuantizeLinear" and isinstance(q.inputs[0], gs.Variable)
+            for dq in _dequantized_sources(q.inputs[0]) if _qparams(dq) != _qparams(q)]
 
 
 def high_precision(graph: gs.Graph) -> str:
@@ -173,8 +294,12 @@ def performance_summary(model: onnx.ModelProto) -> dict:
     binary = [n for n in graph.nodes if n.op in BINARY_ELEMENTWISE and len(n.inputs) == 2
               and all(isinstance(t, gs.Variable) for t in n.inputs)]
     unfused = sum(not (n.op == "Add" and _fusable(n)) for n in binary)
+    layers = {"unfused_elementwise": unfused, "requantize_layers": len(requantizing_layers(graph)),
+              "unfused_activations": len(activation_fusable(graph)), "unfused_maxpools": len(maxpool_fusable(graph))}
+    ops = [n.op for n in graph.nodes]
     return {"high_precision": high_precision(graph), "residual_adds": len(adds), "fusable_residual_adds": fusable,
-            "unfused_elementwise": unfused}
+            **layers, "predicted_unfused_layers": sum(layers.values()),
+            "quantize_nodes": ops.count("QuantizeLinear"), "dequantize_nodes": ops.count("DequantizeLinear")}
 
 
 def print_performance(summary: dict) -> None:
@@ -183,11 +308,15 @@ def print_performance(summary: dict) -> None:
     print(f"  residual Adds fusable into their Conv (direct Conv input + DQ skip): "
           f"{summary['fusable_residual_adds']}/{summary['residual_adds']}")
     print(f"  predicted TensorRT elementwise layers left unfused: {summary['unfused_elementwise']}")
+    print(f"  predicted requantize layers: {summary['requantize_layers']}; activations and max pools not fused "
+          f"into their conv: {summary['unfused_activations']} and {summary['unfused_maxpools']}")
 
 
 RULES = (opset_supports_qdq, zero_points_int8_zero, dequantize_inputs_int8, scales_per_channel_on_weights_only,
          quantize_feeds_dequantize, compute_inputs_float)
-PERFORMANCE_RULES = (residual_add_fusable, no_dangling_qdq)
+PERFORMANCE_RULES = (residual_add_fusable, no_dangling_qdq, concat_inputs_share_scale, activation_fusable,
+                     maxpool_fusable)
+PREDICTIONS = (requantizing_layers,)  # reported, always as warnings: what the graph's structure leaves to TensorRT
 
 
 def lint(model: onnx.ModelProto, performance: Optional[str] = None) -> dict[str, list[Finding]]:
@@ -200,6 +329,8 @@ def lint(model: onnx.ModelProto, performance: Optional[str] = None) -> dict[str,
     results = {rule.__name__: rule(graph) for rule in RULES}
     for rule in PERFORMANCE_RULES if performance else ():
         results[rule.__name__] = [replace(f, level=performance) for f in rule(graph)]
+    for rule in PREDICTIONS if performance else ():
+        results[rule.__name__] = rule(graph)
     return results
 
 

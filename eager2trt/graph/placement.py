@@ -4,9 +4,13 @@ Placement decisions are small graph queries (which Add input is the conv branch,
 INT8 operation, which nodes must stay FP32), kept apart from the rewrites that act on them. The rules are
 TensorRT's (developer guide, "Explicit Quantization", Q/DQ layer placement: quantize the skip input of a
 residual Add, not the conv output feeding it, so Conv + Add + ReLU fuse into one INT8 kernel), the same
-ones NVIDIA ModelOpt's ONNX PTQ applies (`build_non_residual_input_map`, `remove_partial_input_qdq`).
-Unlike the exact rewrites these change the arithmetic (fewer rounding steps), so fast mode is verified by
-accuracy, not bit-exactness.
+ones NVIDIA ModelOpt's ONNX PTQ applies (`build_non_residual_input_map`, `remove_partial_input_qdq`). Beyond
+residual Adds, after the guide's Q/DQ propagation rules (Q moves backward, DQ forward, across layers that commute
+with quantization) and ModelOpt's copy-op, Conv-Act-Pool and concat-elimination rules: the Q/DQ the exporter puts
+around each data-movement op is folded (exact), Concat inputs share the output's scale, a max pool reads its
+conv's float output with the pair after it (exact), and a tensor quantized for one INT8 consumer is read through
+DQ by the others too. The residual and dangling-pair rules change the arithmetic (fewer rounding steps), so fast
+mode is verified by accuracy, not bit-exactness.
 """
 
 from collections import Counter, deque
@@ -17,7 +21,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import PipelineError
-from .ops import FUSABLE_BRANCH_OPS, INT8_INPUTS, LOOK_THROUGH
+from .onnx_utils import zero_point
+from .ops import (COMMUTING_POOLS, DATA_MOVEMENT, FUSABLE_BRANCH_OPS, INT8_INPUTS, LOOK_THROUGH, SHAPE_READERS,
+                  data_inputs)
 from .surgery import REWRITES, int8_zero_points, make_tensorrt_ready
 
 HIGH_PRECISIONS = ("fp32", "fp16")
@@ -99,9 +105,20 @@ def is_fusable_skip(add: gs.Node, t) -> bool:
     return add.op == "Add" and len(others) == 1 and getattr(producer(others[0]), "op", None) in FUSABLE_BRANCH_OPS
 
 
-def feeds_int8_op(t) -> bool:
-    """True when tensor `t` reaches an INT8 input (Conv/Gemm/MatMul, pooling, a fusable residual skip),
-    looking through Relu, Flatten, Reshape and Concat."""
+def qparams(node: gs.Node) -> Optional[tuple]:
+    """A Q/DQ node's (scale, zero point) as comparable bytes, or None when either is not a constant."""
+    scale, zp = node.inputs[1], zero_point(node)
+    if not isinstance(scale, gs.Constant) or not (zp is None or isinstance(zp, gs.Constant)):
+        return None
+    zp_key = None if zp is None else (np.asarray(zp.values).dtype.str, np.asarray(zp.values).tobytes())
+    return np.asarray(scale.values, np.float32).tobytes(), zp_key
+
+
+def feeds_int8_op(t, origin: Optional[tuple] = None) -> bool:
+    """True when tensor `t` reaches an INT8 input (Conv/Gemm/MatMul, pooling, a fusable residual skip), looking
+    through Relu and data movement; with `origin` (the qparams `t` was dequantized with), a QuantizeLinear with
+    the same qparams continues the search past its DequantizeLinear: the values stay on one int8 grid there, so
+    TensorRT's DQ and Q cancel (e.g. a Concat whose inputs share the output's scale)."""
     seen, stack = set(), [t]
     while stack:
         tensor = stack.pop()
@@ -109,16 +126,108 @@ def feeds_int8_op(t) -> bool:
             slots = [i for i, x in enumerate(node.inputs) if x is tensor]
             if any(i in INT8_INPUTS.get(node.op, ()) for i in slots) or is_fusable_skip(node, tensor):
                 return True
-            if node.op in LOOK_THROUGH and slots and slots[0] == 0 and id(node) not in seen:
-                seen.add(id(node))
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op in LOOK_THROUGH and set(slots) & set(data_inputs(node.op, len(node.inputs))):
                 stack.extend(node.outputs)
+            elif node.op == "QuantizeLinear" and origin is not None and qparams(node) == origin:
+                stack.extend(dq.outputs[0] for dq in node.outputs[0].outputs if dq.op == "DequantizeLinear")
     return False
 
 
+def _quantized_tensor(q: gs.Node) -> tuple:
+    """What a Q computes: its input tensor and its qparams (the exporter writes one Q per consumer)."""
+    return id(q.inputs[0]), qparams(q)
+
+
 def dangling_dequantizes(graph: gs.Graph) -> list[gs.Node]:
-    """Activation DequantizeLinear nodes (fed by a Q) whose output feeds no INT8 operation."""
-    return [n for n in graph.nodes if n.op == "DequantizeLinear" and qdq_pair(n.outputs[0]) is not None
-            and not feeds_int8_op(n.outputs[0])]
+    """Activation DequantizeLinear nodes (fed by a Q) whose output feeds no INT8 operation, and whose tensor is
+    not quantized for an INT8 consumer anyway: where one consumer needs the int8 tensor, the others read it
+    through DQ too, so the producer writes int8 only (Conv + activation + Q in one kernel; e.g. the
+    squeeze-excite Mul beside the pooling in MobileNetV3)."""
+    pairs = [n for n in graph.nodes if n.op == "DequantizeLinear" and qdq_pair(n.outputs[0]) is not None]
+    reaches = {id(dq): feeds_int8_op(dq.outputs[0], qparams(dq)) for dq in pairs}
+    needed = {_quantized_tensor(qdq_pair(dq.outputs[0])[0]) for dq in pairs if reaches[id(dq)]}
+    return [dq for dq in pairs if not reaches[id(dq)] and (_shape_only(dq) or
+                                                           _quantized_tensor(qdq_pair(dq.outputs[0])[0]) not in needed)]
+
+
+def _shape_only(dq: gs.Node) -> bool:
+    """A DQ read only for its shape (ShuffleNet's view sizes): the float tensor has the same shape."""
+    return all(c.op in SHAPE_READERS for c in dq.outputs[0].outputs)
+
+
+def source_dequantize(t) -> Optional[gs.Node]:
+    """The DequantizeLinear that tensor `t` comes from through single-input data movement (Reshape, Transpose,
+    Slice, ...), or None."""
+    node = producer(t)
+    while node is not None and node.op in DATA_MOVEMENT and node.op != "Concat":
+        node = producer(node.inputs[0])
+    return node if node is not None and node.op == "DequantizeLinear" else None
+
+
+def requantizations_after_data_movement(graph: gs.Graph) -> list[tuple]:
+    """(tensor, Q): a data-movement output re-quantized with the qparams its input was dequantized with, every
+    consumer of that Q a DequantizeLinear (the exporter's Q/DQ around each quantized view, transpose, chunk)."""
+    plan = []
+    for node in (n for n in graph.nodes if n.op in DATA_MOVEMENT and n.op != "Concat"):
+        dq = source_dequantize(node.inputs[0])
+        if dq is None or qparams(dq) is None:
+            continue
+        for out in node.outputs:
+            for q in out.outputs:
+                if q.op == "QuantizeLinear" and qparams(q) == qparams(dq) and q.outputs[0] not in graph.outputs \
+                        and all(c.op == "DequantizeLinear" for c in q.outputs[0].outputs):
+                    plan.append((out, q))
+    return plan
+
+
+def exclusive_pair(t, consumer: gs.Node) -> Optional[tuple[gs.Node, gs.Node]]:
+    """The Q/DQ pair `t` comes through when both nodes serve only `consumer` (so editing them changes nothing else)."""
+    pair = qdq_pair(t)
+    if pair is None:
+        return None
+    q, dq = pair
+    exclusive = list(q.outputs[0].outputs) == [dq] and all(c is consumer for c in dq.outputs[0].outputs)
+    return pair if exclusive else None
+
+
+def output_quantize(node: gs.Node) -> Optional[gs.Node]:
+    """The QuantizeLinear every data consumer of `node`'s output shares qparams with (Shape readers aside), or None."""
+    consumers = [c for c in node.outputs[0].outputs if c.op not in SHAPE_READERS]
+    if not consumers or any(c.op != "QuantizeLinear" for c in consumers):
+        return None
+    first = qparams(consumers[0])
+    return consumers[0] if first is not None and all(qparams(c) == first for c in consumers) else None
+
+
+def concat_inputs_to_rescale(graph: gs.Graph) -> list[tuple[gs.Node, gs.Node, gs.Node]]:
+    """(output Q, input Q, input DQ) for each Concat input quantized at another scale than the Concat's output,
+    through a pair only that Concat reads."""
+    plan = []
+    for concat in (n for n in graph.nodes if n.op == "Concat"):
+        out_q = output_quantize(concat)
+        if out_q is None:
+            continue
+        for t in concat.inputs:
+            pair = exclusive_pair(t, concat)
+            if pair is not None and qparams(pair[1]) != qparams(out_q):
+                plan.append((out_q, *pair))
+    return plan
+
+
+def maxpools_to_commute(graph: gs.Graph) -> list[gs.Node]:
+    """Max pools fed through a pair only they read, whose output is re-quantized with the same qparams: the pair
+    can move after the pool (max commutes with a monotone rounding), leaving Conv -> act -> MaxPool unbroken."""
+    plan = []
+    for pool in (n for n in graph.nodes if n.op in COMMUTING_POOLS):
+        pair = exclusive_pair(pool.inputs[0], pool)
+        out_q = output_quantize(pool)
+        if pair is not None and out_q is not None and qparams(out_q) == qparams(pair[1]) \
+                and pool.outputs[0] not in graph.outputs:
+            plan.append(pool)
+    return plan
 
 
 def _fits_fp16(values: np.ndarray, is_scale: bool) -> bool:
@@ -189,10 +298,48 @@ def drop_dangling_qdq(graph: gs.Graph) -> int:
     return changed
 
 
+def fold_qdq_after_data_movement(graph: gs.Graph) -> int:
+    """Drop the Q/DQ that re-quantizes a data-movement output (Reshape, Transpose, Slice, ...) with the qparams
+    its input was dequantized with: exact (moving int8 values keeps them on their grid); TensorRT then carries
+    the DQ forward across the copy (ShuffleNet's channel shuffle and split)."""
+    plan = requantizations_after_data_movement(graph)
+    for out, q in plan:
+        for dq in list(q.outputs[0].outputs):
+            _replace_uses(graph, dq.outputs[0], out)
+            dq.outputs.clear()
+    return len(plan)
+
+
+def commute_qdq_through_maxpool(graph: gs.Graph) -> int:
+    """Let each max pool read the float tensor its exclusive Q/DQ pair quantized (the Q after the pool has the
+    same qparams): exact, and Conv + activation + MaxPool can fuse (ModelOpt's Conv-Act-Pool partition)."""
+    plan = maxpools_to_commute(graph)
+    for pool in plan:
+        q, _ = qdq_pair(pool.inputs[0])
+        pool.inputs[0] = q.inputs[0]
+    return len(plan)
+
+
+def share_concat_scales(graph: gs.Graph) -> int:
+    """Quantize each Concat input with the Concat output's scale and zero point (ModelOpt's concat elimination),
+    so TensorRT's DQ-Q pairs around the concat cancel and it needs no requantization. Each input is then rounded
+    once, on the output's grid, exactly as a float Concat followed by the output's Q (TensorRT's Q moved back
+    across it), and clipped only where the output clips it."""
+    plan = concat_inputs_to_rescale(graph)
+    for out_q, q, dq in plan:
+        for node in (q, dq):
+            node.inputs[1] = out_q.inputs[1]
+            node.inputs[2] = out_q.inputs[2]
+    return len(plan)
+
+
 # The placement rewrites run before the zero-point mapping: pairs they drop (e.g. MobileNetV3's Hardsigmoid,
-# fixed uint8 zero point 0) are never asked to map to int8.
+# fixed uint8 zero point 0) are never asked to map to int8. Copies are folded and Concat scales shared before a
+# max pool may take a Concat's output pair, and all before the dangling pairs are found, so the pairs kept on one
+# int8 grid are kept.
 FAST_REWRITES = tuple(r for r in REWRITES if r is not int8_zero_points) + \
-    (place_residual_qdq, drop_dangling_qdq, int8_zero_points)
+    (place_residual_qdq, fold_qdq_after_data_movement, share_concat_scales, commute_qdq_through_maxpool,
+     drop_dangling_qdq, int8_zero_points)
 
 
 def _cast(graph: gs.Graph, t: gs.Variable, dtype, name: str) -> gs.Variable:

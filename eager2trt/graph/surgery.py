@@ -7,6 +7,8 @@ integer tensors other than Q outputs feeding DQ, and DQ inputs of activation typ
 (TensorRT 10 developer guide, "Working with Quantized Types"; ONNX QuantizeLinear/DequantizeLinear-13.)
 """
 
+from typing import Optional
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -43,22 +45,54 @@ def remove_qdq_casts(graph: gs.Graph) -> int:
     return changed
 
 
-def _asymmetric(nodes: list) -> PipelineError:
+# torch.ao fixes the output quantization of Hardsigmoid/Sigmoid (MobileNetV3's squeeze-excite gate) at uint8 zero
+# point 0, scale 1/256: [0, 255/256], which int8 with zero point 0 holds only up to 127/256. No exact rewrite
+# exists; fast mode keeps these activations in float (placement.drop_dangling_qdq) before the mapping.
+FIXED_QPARAMS_SCALES = (1.0 / 256.0, 2.0 / 256.0)
+FIXED_QPARAMS = "fixed-qparams"
+ASYMMETRIC = "asymmetric"
+
+
+class ExactRefused(PipelineError):
+    """The exact rewrite cannot map the graph to TensorRT's symmetric int8 without changing what it computes.
+
+    `kind` is FIXED_QPARAMS (torch.ao's fixed uint8 zero point 0 activations: use the fast graph) or ASYMMETRIC
+    (other non-symmetric zero points: re-quantize symmetrically); `nodes` names the Q/DQ nodes; str() is the
+    one-sentence reason the pipeline records.
+    """
+
+    def __init__(self, kind: str, nodes: list[str], message: str):
+        super().__init__(message)
+        self.kind, self.nodes = kind, nodes
+
+
+def _is_fixed_qparams(node: gs.Node) -> bool:
+    zp, scale = zero_point(node), node.inputs[1]
+    return isinstance(zp, gs.Constant) and zp.values.dtype == np.uint8 and not zp.values.any() \
+        and isinstance(scale, gs.Constant) and np.asarray(scale.values).size == 1 \
+        and any(np.isclose(float(np.asarray(scale.values)), s, rtol=1e-6) for s in FIXED_QPARAMS_SCALES)
+
+
+def _refusal(nodes: list) -> ExactRefused:
     names = ", ".join(f"{n.name or '?'} ({n.op}, zero point {np.unique(zero_point(n).values)[:3].tolist()})"
+                      if zero_point(n) is not None else f"{n.name or '?'} ({n.op}, zero point missing)"
                       for n in nodes[:5])
     more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
-    return PipelineError(f"TensorRT supports symmetric quantization only, but {names}{more} have zero "
-                         f"points that cannot be mapped exactly to int8 zero point 0; quantize activations with "
-                         f"torch.per_tensor_symmetric (quint8 zero point 128 or qint8 zero point 0)")
+    if all(_is_fixed_qparams(n) for n in nodes):
+        return ExactRefused(FIXED_QPARAMS, [n.name for n in nodes], (
+            f"TensorRT supports symmetric quantization only, but {names}{more} carry torch.ao's fixed uint8 "
+            f"quantization (zero point 0, scale 1/256: Hardsigmoid/Sigmoid outputs), which has no exact int8 "
+            f"zero-point-0 form; the exact graph is refused, use the fast graph, which keeps these activations "
+            f"in float"))
+    return ExactRefused(ASYMMETRIC, [n.name for n in nodes], (
+        f"TensorRT supports symmetric quantization only, but {names}{more} have zero points that cannot be "
+        f"mapped exactly to int8 zero point 0; quantize activations with torch.per_tensor_symmetric (quint8 zero "
+        f"point 128 or qint8 zero point 0)"))
 
 
-def int8_zero_points(graph: gs.Graph) -> int:
-    """Map uint8 zero point 128 Q/DQ to int8 zero point 0 (exact: q_s8 = q_u8 - 128).
-
-    Raises, naming the nodes, for any other non-zero zero point or a missing one.
-    """
-    replaced: dict[str, gs.Constant] = {}  # one int8 tensor per original zero point, so shared names stay unique
-    bad, changed = [], 0
+def _unmappable(graph: gs.Graph) -> list:
+    """Q/DQ nodes whose zero point has no exact int8 zero-point-0 form."""
+    bad = []
     for node in qdq_nodes(graph):
         zp = zero_point(node)
         if not isinstance(zp, gs.Constant):
@@ -66,12 +100,39 @@ def int8_zero_points(graph: gs.Graph) -> int:
             continue
         values = zp.values
         if values.dtype in (np.int8, np.int32) and not values.any():
-            continue  # already symmetric int8; int32 is a bias zero point, left to fold_bias_dequantize and lint
+            continue
         if values.dtype != np.uint8 or not (values == 128).all():
             bad.append(node)
-            continue
+    return bad
+
+
+def exact_refusal(model: onnx.ModelProto) -> Optional[ExactRefused]:
+    """Why the exact rewrite would refuse `model` (an ExactRefused, not raised), or None when it applies.
+    Reads a copy: bias DQ are folded first, as make_tensorrt_ready does."""
+    graph = gs.import_onnx(model)
+    fold_constant_inputs(graph)
+    fold_bias_dequantize(graph)
+    graph.cleanup()
+    bad = _unmappable(graph)
+    return _refusal(bad) if bad else None
+
+
+def int8_zero_points(graph: gs.Graph) -> int:
+    """Map uint8 zero point 128 Q/DQ to int8 zero point 0 (exact: q_s8 = q_u8 - 128).
+
+    Raises ExactRefused, naming the nodes, for any other non-zero zero point or a missing one.
+    """
+    bad = _unmappable(graph)
+    if bad:
+        raise _refusal(bad)
+    replaced: dict[str, gs.Constant] = {}  # one int8 tensor per original zero point, so shared names stay unique
+    changed = 0
+    for node in qdq_nodes(graph):
+        zp = zero_point(node)
+        if not isinstance(zp, gs.Constant) or zp.values.dtype != np.uint8:
+            continue  # already symmetric int8; int32 is a bias zero point, left to fold_bias_dequantize and lint
         if zp.name not in replaced:
-            replaced[zp.name] = gs.Constant(f"{zp.name}_int8", np.zeros(values.shape, dtype=np.int8))
+            replaced[zp.name] = gs.Constant(f"{zp.name}_int8", np.zeros(zp.values.shape, dtype=np.int8))
         node.inputs[2] = replaced[zp.name]
         data = node.inputs[0]
         if node.op == "DequantizeLinear" and isinstance(data, gs.Constant):
@@ -79,8 +140,6 @@ def int8_zero_points(graph: gs.Graph) -> int:
         if node.op == "QuantizeLinear":
             node.outputs[0].dtype = np.int8
         changed += 1
-    if bad:
-        raise _asymmetric(bad)
     return changed
 
 
