@@ -39,21 +39,17 @@ FP16_ACCURACY_TOLERANCE = 0.001  # FP16 ONNX vs FP32 ONNX, 0.1 points
 ACCURACY_BUDGET = 1.0  # points of top-1 INT8 may lose against FP32 on held-out images before a run fails
 FAST_ACCURACY_DROP = {"fp32": 0.001, "fp16": 0.003}
 FAST_ERROR_RATIO = 1.25  # without data: fast graph's logit error vs FP32 within this multiple of the exact graph's
-# PyTorch INT8 vs its Q/DQ graph (eager2trt.checks.agreement). Real images: argmax agreement (shipped ResNet18: 0.9954
-# with x86, 0.9953 with onednn), or, for undertrained models with near-tied logits, the distance ratio
-# |PyTorch - graph| / min(|graph - FP32|, |PyTorch - FP32|) below REAL_DISTANCE_RATIO_MAX (faithful engines
-# measured 0.26-0.92, drifting x86/fbgemm on MobileNetV2 3.8-10: bench/results/engines_cpu2.md). Random inputs:
-# the ratio alone, below DISTANCE_RATIO_MAX (the graph must be closer to PyTorch INT8 than INT8 is to FP32).
-AGREEMENT_MIN = 0.99
-REAL_DISTANCE_RATIO_MAX = 1.5
-DISTANCE_RATIO_MAX = 1.0
-# The rule for deep and wide models (eager2trt.checks.agreement_rule, docs/agreement.md), which supersedes the two
-# ratio bounds above once checks/agreement.py calls it. Measured with qnnpack on random-init models at 96 px and
-# the trained ResNet18: a faithful engine's distance ratio reaches 1.29 (ResNeXt101: rounding steps carried to the
-# logits make the two INT8 results as far apart as two independent quantizations, sqrt(1 + balance^2) at most),
+# PyTorch INT8 vs its Q/DQ graph (eager2trt.checks.agreement, the rule in checks/agreement_rule.py, measurements in
+# docs/agreement.md). Real images: argmax agreement at least AGREEMENT_MIN (shipped ResNet18, qnnpack: 0.9938), or
+# the distance rule below. Measured with qnnpack on random-init models at 96 px and the trained ResNet18: a faithful
+# engine's distance ratio |PyTorch - graph| / min(|graph - FP32|, |PyTorch - FP32|) reaches 1.29 (ResNeXt101:
+# rounding steps carried to the logits make the two INT8 results as far apart as two independent quantizations),
 # graphs of another model 4.4-68; the balance (worse INT8-to-FP32 distance over the better) of faithful engines
 # 0.91-1.25, of the drifting onednn-without-VNNI 1.72-7.9. Another calibration of the same weights (ratio 0.92-1.71)
-# is told apart by its scales, not its logits (agreement_rule.scales_agree).
+# is told apart by its scales, not its logits (the scale_provenance check).
+AGREEMENT_MIN = 0.99
+# On the small random models the tests use, a faithful engine stays below this stricter ratio (a test figure).
+DISTANCE_RATIO_MAX = 1.0
 AGREEMENT_RATIO_MAX = 2.0
 AGREEMENT_BALANCE_MAX = 1.5
 

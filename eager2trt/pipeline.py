@@ -24,7 +24,7 @@ import torch
 from . import contract
 from .artifacts import ensure_writable_dir, fresh_run, save_onnx
 from .checks import compare
-from .checks.agreement import agreement
+from .checks.agreement import agreement, scale_provenance
 from .checks.result import Check, require
 from .checks.rules import lint_checks
 from .contract import ArtifactPaths
@@ -242,7 +242,8 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                                 ("export", OnnxRunner(export)))}
     real = images is not None
     checks = [fusion, agreement(out["int8"]["real" if real else "random"], out["export"]["real" if real else "random"],
-                                out["fp32"]["real" if real else "random"], real=real, engine=engine)]
+                                out["fp32"]["real" if real else "random"], real=real, engine=engine),
+              scale_provenance(int8, export)]
     accuracy = {}
     if labels is not None:
         accuracy = {k: accuracy_of(out[k]["real"], labels) for k in ("fp32", "int8")}

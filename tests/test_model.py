@@ -63,7 +63,7 @@ def test_unknown_options_are_refused():
     with pytest.raises(PipelineError, match="choose one of quint8, qint8"):
         qconfig("int4")
     with pytest.raises(PipelineError, match="choose one of minmax, histogram"):
-        qconfig("quint8", "entropy")
+        qconfig("quint8", "kl")
 
 
 @pytest.mark.parametrize("calibration", ["minmax", "histogram"])

@@ -15,8 +15,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..contract import AGREEMENT_MIN, DISTANCE_RATIO_MAX, REAL_DISTANCE_RATIO_MAX
+from ..contract import AGREEMENT_MIN
 from ..eager.engines import AUTO, is_faithful
+from .agreement_rule import agreement_rule, graph_activation_scales, model_activation_scales, scales_agree
 from .compare import argmax_agreement, relative_distance
 from .result import Check
 
@@ -32,9 +33,9 @@ def agreement(pt: np.ndarray, graph: np.ndarray, fp32: Optional[np.ndarray], rea
               source: Optional[str] = None) -> Check:
     """PyTorch INT8 logits vs its Q/DQ graph's (and both vs FP32's) on the same inputs.
 
-    Bound: random inputs, distance_ratio < DISTANCE_RATIO_MAX; real images (`real`), argmax agreement >=
-    AGREEMENT_MIN or distance_ratio < REAL_DISTANCE_RATIO_MAX (without `fp32`, argmax alone). `engine` is the
-    quantized engine PyTorch ran on, when known; `source` names the PyTorch side (default: "PyTorch INT8 (engine)").
+    With `fp32`: checks.agreement_rule (distance ratio and balance, or argmax agreement on real images; the
+    measurements behind it are in docs/agreement.md). Without: argmax agreement >= AGREEMENT_MIN (real images).
+    `engine` is the quantized engine PyTorch ran on, when known; `source` names the PyTorch side.
     """
     source = source or f"PyTorch INT8 ({engine} engine)"
     if pt.shape != graph.shape:
@@ -44,28 +45,39 @@ def agreement(pt: np.ndarray, graph: np.ndarray, fp32: Optional[np.ndarray], rea
     inputs = "real" if real else "random"
     figures = {"inputs": inputs, "samples": int(len(pt)), "engine": engine,
                "pytorch_vs_graph_relative": relative_distance(pt, graph), "argmax_agreement": argmax_agreement(pt, graph)}
-    passed, bounds = False, []
+    failed = None
     if fp32 is not None:
-        figures.update(pytorch_vs_fp32_relative=relative_distance(pt, fp32),
-                       graph_vs_fp32_relative=relative_distance(graph, fp32),
-                       distance_ratio=distance_ratio(pt, graph, fp32))
-        limit = REAL_DISTANCE_RATIO_MAX if real else DISTANCE_RATIO_MAX
-        passed, bounds = figures["distance_ratio"] < limit, [f"distance_ratio < {limit:g}"]
-    if real:
-        passed = passed or figures["argmax_agreement"] >= AGREEMENT_MIN
-        bounds.append(f"argmax_agreement >= {AGREEMENT_MIN}")
-    value = figures.get("distance_ratio", figures["argmax_agreement"])
+        verdict = agreement_rule(pt, graph, fp32, real)
+        figures.update(verdict.figures, pytorch_vs_fp32_relative=relative_distance(pt, fp32),
+                       graph_vs_fp32_relative=relative_distance(graph, fp32))
+        passed, value, bound, failed = verdict.passed, verdict.value, verdict.bound, verdict.failed
+    else:
+        passed = figures["argmax_agreement"] >= AGREEMENT_MIN
+        value, bound, failed = figures["argmax_agreement"], f"argmax_agreement >= {AGREEMENT_MIN}", "ratio"
     detail = (f"{source} vs the Q/DQ graph on {len(pt)} {inputs} inputs: argmax agreement "
               f"{figures['argmax_agreement']:.2%}, relative distance {figures['pytorch_vs_graph_relative']:.4f}")
-    if "distance_ratio" in figures:
+    if fp32 is not None:
         detail += f", graph vs FP32 {figures['graph_vs_fp32_relative']:.4f}"
-    return Check("agreement", value, " or ".join(bounds), passed, detail=detail, fix=_fix(engine), figures=figures)
+    return Check("agreement", value, bound, passed, detail=detail, fix=_fix(engine, failed), figures=figures)
 
 
-def _fix(engine: Optional[str]) -> str:
-    """What to try when PyTorch INT8 and its graph disagree: the cause the engine probe can tell, else the graph."""
+def scale_provenance(int8_model, graph_model) -> Check:
+    """Every activation scale of the Q/DQ graph is one the INT8 model stores: a graph of another calibration (or
+    model) has others, which logit distances alone cannot tell on deep networks (docs/agreement.md)."""
+    verdict = scales_agree(model_activation_scales(int8_model), graph_activation_scales(graph_model))
+    return Check("scale_provenance", verdict.value, verdict.bound, verdict.passed,
+                 detail=f"{verdict.figures['graph_scales']} distinct activation scales in the graph",
+                 fix="the graph comes from another calibration or model; re-export it from this INT8 model",
+                 figures=verdict.figures)
+
+
+def _fix(engine: Optional[str], failed: Optional[str]) -> str:
+    """What to try when PyTorch INT8 and its graph disagree: the cause the engine probe or the rule can tell."""
     if engine is not None and not is_faithful(engine):
         return (f"the {engine} engine saturates 8-bit products on this CPU; quantize with engine {AUTO} (a faithful "
                 f"engine chosen by probe)")
+    if failed == "balance":
+        return ("one INT8 computation is much farther from FP32 than the other: the engine's arithmetic drifts from "
+                "the graph; quantize with engine qnnpack")
     return ("the graph most likely comes from a different model or calibration than this INT8 model; re-export it "
             "from this one")
