@@ -42,12 +42,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def timed(cmd: list, cwd: Path, env: dict) -> float:
-    """Run one stage, return its wall seconds; a failing stage stops the benchmark with its last line."""
+def timed(cmd: list, cwd: Path, env: dict, allowed: tuple = (0,)) -> float:
+    """Run one stage, return its wall seconds; a failing stage stops the benchmark with its last line (`allowed`:
+    exit codes that only report a figure, e.g. the old resnet_tensorrt.py's 1 for a 0.1-point mismatch)."""
     t0 = time.perf_counter()
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
+    if proc.returncode not in allowed:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise PipelineError(f"stage {' '.join(map(str, cmd[1:3]))} failed ({tail[0][:200]})")
     return seconds
@@ -80,7 +81,7 @@ def old_sequence(args, work: Path) -> tuple[dict, dict]:
     seconds = {}
     for name, cmd in stages.items():
         print(f"old: {name} ...", flush=True)
-        seconds[name] = timed(cmd, src, env)
+        seconds[name] = timed(cmd, src, env, allowed=(0, 1) if name.startswith("resnet_tensorrt") else (0,))
     rec = json.loads(m.read_text())
     figures = {"fp32": rec["pytorch"]["fp32_accuracy"], "int8": rec["pytorch"]["int8_accuracy"],
                "exact graph": rec["validation"][contract.INT8_ONNX_MODIFIED]["accuracy"],

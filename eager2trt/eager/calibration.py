@@ -276,13 +276,10 @@ def convert_copy(prepared: torch.nn.Module, method: Optional[str] = None,
 
 
 def top1(model: torch.nn.Module, batches: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> float:
-    """Top-1 accuracy of `model` on paired batches and labels."""
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in zip(batches, labels):
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return correct / max(total, 1)
+    """Top-1 accuracy of `model` on paired batches and labels (the project's one logits loop)."""
+    from ..runtime.backends import PyTorchRunner, accuracy_of, logits
+
+    return accuracy_of(logits(PyTorchRunner(model), batches, desc=False), torch.cat(list(labels)))
 
 
 def choose_calibration(prepared: torch.nn.Module, holdout_batches: Sequence[torch.Tensor],

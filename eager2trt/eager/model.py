@@ -9,6 +9,7 @@ from torchvision.models import quantization as qmodels
 
 from ..contract import FP32_STATE, FUSE_ATOL, FUSE_RTOL, INT8_TORCHSCRIPT  # the reference's fused-vs-unfused check
 from ..errors import PipelineError, require_choice
+from ..runtime.inputs import random_batches
 
 # Every torchvision quantizable classifier, plus CIFAR-stem variants (suffix _cifar) for 32x32 inputs.
 ARCHS = ("resnet18", "resnet50", "resnext101_32x8d", "mobilenet_v2", "mobilenet_v2_cifar", "mobilenet_v3_large",
@@ -139,8 +140,7 @@ def fuse(model: torch.nn.Module, input_shape: tuple, num_checks: int = 4,
     model = model.eval()
     fused = copy.deepcopy(model)
     fused.fuse_model()  # torchvision: fuses every block in place, numerics unchanged
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_checks, *input_shape, generator=gen)
+    x = random_batches((num_checks, *input_shape), 1, seed)[0]
     with torch.no_grad():
         try:
             ref = model(x)

@@ -420,7 +420,12 @@ def worst_layers(model: onnx.ModelProto, batches: list[np.ndarray], labels: Opti
 
 
 def random_inputs(images: int, shape: tuple, batch_size: int = 250, seed: int = 0) -> list[np.ndarray]:
-    """`images` standard-normal float32 inputs of CHW `shape` (normalized images are roughly so), in batches."""
-    rng = np.random.default_rng(seed)
-    sizes = [min(batch_size, images - i) for i in range(0, images, batch_size)]
-    return [rng.standard_normal((n, *shape)).astype(np.float32) for n in sizes]
+    """`images` standard-normal float32 inputs of CHW `shape` (normalized images are roughly so), in batches (the
+    project's one source of random inputs)."""
+    from ..runtime.inputs import random_batches
+
+    full, rest = divmod(images, batch_size)
+    batches = random_batches((batch_size, *shape), full, seed) if full else []
+    if rest:
+        batches += random_batches((rest, *shape), 1, seed + 1)
+    return [b.numpy() for b in batches]
