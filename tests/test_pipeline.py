@@ -97,3 +97,16 @@ def test_metrics_reader_names_file_key_and_writer(tmp_path):
     with pytest.raises(PipelineError, match="unreadable"):
         metrics.update(path, "pytorch", {"fp32_accuracy": 0.5})
     assert path.read_text() == "{not json"  # a corrupt record is never silently replaced
+
+
+def test_exact_refusal_is_recorded_and_the_fast_graph_still_made(tmp_path):
+    """MobileNetV3's Hardsigmoid has torch.ao's fixed uint8 quantization (zero point 0): no exact int8 form."""
+    from eager2trt.eager.model import build_model, variance_preserving_init
+
+    torch.manual_seed(0)
+    model = variance_preserving_init(build_model("mobilenet_v3_large")).eval()
+    result = quantize_to_tensorrt(model, [torch.randn(4, 3, 64, 64) for _ in range(2)], tmp_path)
+    assert "zero point" in result.graphs["exact"].refused and result.graphs["exact"].path is None
+    assert not result.paths.int8_onnx_modified.exists() and result.paths.int8_onnx_fast.exists()
+    assert all(c.passed for c in result.graphs["fast"].checks)
+    assert any("exact graph not made" in n for n in result.notes)
