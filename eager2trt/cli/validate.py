@@ -81,7 +81,6 @@ def run_validation(args) -> Optional[Check]:
     """Evaluate, compare, benchmark, record (the metrics folder locked by main); a failed comparison is recorded,
     then raised as its sentence."""
     if args.onnx is not None:
-        check_interface(load_onnx(args.onnx), num_classes=NUM_CLASSES, name=str(args.onnx))
         runner, model_path = OnnxRunner(args.onnx), args.onnx
     else:
         model_path = args.engine or contract.OUTPUT_DIR / contract.INT8_ENGINE
@@ -89,6 +88,8 @@ def run_validation(args) -> Optional[Check]:
     which = ("int8" if runner.quantized else "fp32") if args.reference == "auto" else args.reference
     # read the reference before the long evaluation: a missing record fails in a second, not after it
     ref = metrics.PyTorchAccuracy.read(args.metrics).of(which) if which != "none" else None
+    if args.onnx is not None:  # what the evaluation feeds and reads, checked before it starts
+        check_interface(load_onnx(args.onnx), num_classes=NUM_CLASSES, name=str(args.onnx))
     print_io(runner.describe())
     test = load_cifar10(args.data_dir)["test"]
     check_label_set(test, NUM_CLASSES)
