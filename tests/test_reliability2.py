@@ -597,7 +597,7 @@ def test_onnx_gs_refuses_an_fp32_model_with_other_outputs(tmp_path, tiny_run, ca
     torch.manual_seed(0)
     from eager2trt.eager.export import export_onnx
 
-    export_onnx(TinyNet(classes=5).eval(), five)
+    export_onnx(TinyNet(classes=5).eval(), five, example=torch.randn(1, 3, 32, 32))
     proc = cli(capsys, "onnx_gs.py", "--mode", "fast", "--input", tiny_run / "resnet_quantized_cifar10.onnx",
                       "--output", tmp_path / "fast.onnx", "--fp32", five, "--metrics", tmp_path / "m.json")
     assert_one_sentence(proc, "has 5 classes but the labels have 10")

@@ -293,7 +293,8 @@ def test_latency_benchmark_skips_tensorrt_rows_without_a_gpu(tmp_path, monkeypat
         e.write_bytes(b"serialized")
     rows = tensorrt_rows(engines, [1], runs=5)
     assert [(r["precision"], r["note"]) for r in rows] == [("INT8", "skipped: no CUDA GPU visible"),
-                                                          ("INT8 FAST", "skipped: no CUDA GPU visible")]
+                                                          ("INT8 FAST", "skipped: no CUDA GPU visible"),
+                                                          ("FP16", "skipped: no CUDA GPU visible")]
 
 
 @pytest.mark.parametrize("gpu,message", [
@@ -412,7 +413,7 @@ def run_build_engines(tmp_path, version, fast=True, fp16_onnx_age=None):
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_engines.sh")], env=env, cwd=ROOT,
                           capture_output=True, text=True)
     builds = (tmp_path / "trtexec.log").read_text().splitlines() if (tmp_path / "trtexec.log").exists() else []
-    return proc, {re.search(r"/\.resnet_cifar10_(\w+)\.engine\.tmp", b).group(1): b.split() for b in builds}
+    return proc, {re.search(r"/\.resnet_cifar10_(\w+)\.engine\.\d+\.\w+\.tmp", b).group(1): b.split() for b in builds}
 
 
 def test_build_engines_tensorrt10_flags(tmp_path):
