@@ -19,9 +19,9 @@ import torch
 
 from eager2trt import contract
 from conftest import DATA_DIR, ROOT, run_script
-from eager2trt.eager.data import iterate_batches
 from eager2trt.eager.model import build_model, fuse, load_state_dict
 from eager2trt.eager.train import seed_everything, train
+from eager2trt.jobs import pytorch_reference_logits
 from eager2trt.runtime.backends import OnnxRunner, evaluate
 
 SHIPPED = ROOT / "saved_models" / "resnet_cifar10.pt"
@@ -30,12 +30,6 @@ SHIPPED = ROOT / "saved_models" / "resnet_cifar10.pt"
 def ort_accuracy(model, split):
     ev = evaluate(OnnxRunner(model), split, progress=False)
     return ev.accuracy, ev.logits
-
-
-def torchscript_logits(path, split):
-    model = torch.jit.load(str(path))
-    with torch.no_grad():
-        return torch.cat([model(x) for x, _ in iterate_batches(split, 500)]).numpy()
 
 
 BRIEF = ["--data-dir", DATA_DIR, "--epochs", "3", "--milestones", "2", "--train-subset", "5000", "--batch-size", "32",
@@ -136,7 +130,7 @@ def test_shipped_onnx_int8_matches_pytorch_int8(main_job, cifar10):
     out, metrics, _ = main_job
     val = metrics["validation"]["resnet_quantized_cifar10_modified.onnx"]
     assert abs(val["accuracy"] - metrics["pytorch"]["int8_accuracy"]) <= contract.ACCURACY_MATCH
-    pt = torchscript_logits(out / "resnet_quantized_cifar10.pt", cifar10["test"])
+    pt, _ = pytorch_reference_logits(out / "resnet_quantized_cifar10.pt", cifar10["test"])  # on the faithful engine
     _, logits = ort_accuracy(out / "resnet_quantized_cifar10_modified.onnx", cifar10["test"])
     assert (logits.argmax(1) == pt.argmax(1)).mean() >= contract.AGREEMENT_MIN
 
