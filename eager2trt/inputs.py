@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .errors import PipelineError
+from .runtime.inputs import peek
 
 # Normalized CIFAR-10 images (ImageNet mean/std) lie in [-2.12, 2.64]; standard-normal test inputs reach about
 # 6 in a few hundred thousand draws. Raw 0..255 pixels reach 255, so a batch beyond this was not normalized.
@@ -184,11 +185,7 @@ def check_pipeline_arguments(fp32, calibration_batches, config=None, images=None
         check_choice(fast, "fast", HIGH_PRECISIONS + (None,))
     if config is not None:
         check_config(config)
-    calibration = check_batches(calibration_batches, "calibration_batches", fp32)
-    first = next(iter(calibration)) if isinstance(calibration, list) else None
-    if first is None:  # a generator: peek without losing the batch
-        first = next(calibration)
-        calibration = itertools.chain([first], calibration)
+    first, calibration = peek(check_batches(calibration_batches, "calibration_batches", fp32), "calibration_batches")
     chw = tuple(first.shape[1:])
     checked = None if images is None else list(check_batches(images, "images", fp32, chw))
     if labels is not None and checked is not None and len(labels) != sum(len(b) for b in checked):

@@ -12,7 +12,6 @@ graphs are written only after their checks pass. The CLIs parse arguments, call 
 result's checks and exit.
 """
 
-import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
@@ -40,7 +39,7 @@ from .graph.placement import make_fast, with_high_precision
 from .inputs import check_pipeline_arguments
 from .graph.surgery import make_tensorrt_ready
 from .runtime.backends import OnnxRunner, PyTorchRunner, accuracy_of, logits
-from .runtime.inputs import onnx_input_shape, random_batches
+from .runtime.inputs import onnx_input_shape, peek, random_batches
 
 MODES = ("exact", "fast")
 
@@ -111,19 +110,6 @@ class PipelineResult:
     @property
     def fusion_max_abs_diff(self) -> float:
         return self.check("fusion").value
-
-
-def _peek(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, Iterable[torch.Tensor]]:
-    """The first batch, and an iterable that still yields every batch."""
-    it = iter(batches)
-    try:
-        first = next(it)
-    except StopIteration:
-        raise PipelineError("calibration_batches is empty; pass at least one batch of real inputs") from None
-    if not isinstance(first, torch.Tensor) or first.dim() != 4 or not first.is_floating_point():
-        raise PipelineError(f"calibration_batches must hold float NCHW tensors, got {type(first).__name__} "
-                            f"{tuple(getattr(first, 'shape', ()))} {getattr(first, 'dtype', '')}; pass normalized images")
-    return first, itertools.chain([first], it)
 
 
 def fusion_check(fp32: torch.nn.Module, image_shape: tuple) -> tuple[torch.nn.Module, Check]:
@@ -212,7 +198,7 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     """
     config = config or QuantizeConfig()
     calibration_batches, images = check_pipeline_arguments(fp32, calibration_batches, config, images, labels, fast)
-    example, calibration_batches = _peek(calibration_batches)
+    example, calibration_batches = peek(calibration_batches, "calibration_batches")
     paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"))
     with fresh_run(paths.output_dir, RUN_ARTIFACTS):
         return _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast,

@@ -1,7 +1,6 @@
 """Eager-mode static quantization in the project's TensorRT scheme: qconfig, calibrate, convert."""
 
 import copy
-import itertools
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -12,6 +11,7 @@ from .calibration import (AUTO_METHODS, DEFAULT_PERCENTILE, RangeObserver, calib
                           choose_calibration, convert_copy)
 from .engines import DEFAULT_ENGINE, candidate_engines, notice
 from .quiet import quantized_api
+from ..runtime.inputs import peek
 
 ACTIVATION_DTYPES = {"quint8": torch.quint8, "qint8": torch.qint8}
 # minmax and histogram are torch.ao's own observers; the outlier-robust ranges are eager/calibration.py's.
@@ -73,19 +73,10 @@ def quantize(fused: torch.nn.Module, calib_batches: Iterable[torch.Tensor], acti
     candidates = candidate_engines(engine)
     with quantized_api():
         prepared = prepare_for(fused, activation_dtype, calibration, percentile, auto_methods)
-        example, calib_batches = _peek(calib_batches)
+        example, calib_batches = peek(calib_batches, "calib_batches")
         calibrate(prepared, calib_batches, desc=f"calibrating ({calibration})")
         return _convert_on_a_faithful_engine(prepared, example[:1], candidates, activation_dtype, calibration,
                                              percentile, holdout, auto_methods)
-
-
-def _peek(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, Iterable[torch.Tensor]]:
-    """The first batch (for the run check) and an iterator over every batch; one sentence when there is none."""
-    it = iter(batches)
-    first = next(it, None)
-    if first is None:
-        raise PipelineError("calib_batches yielded no batch; pass at least one batch of real inputs")
-    return first, itertools.chain([first], it)
 
 
 def _convert_on_a_faithful_engine(prepared, example, candidates, activation_dtype, calibration, percentile, holdout,

@@ -1,4 +1,7 @@
-"""The one source of random model inputs, and the input shape an ONNX graph declares."""
+"""The one source of random model inputs, the input shape an ONNX graph declares, and peeking at a batch stream."""
+
+import itertools
+from typing import Iterable
 
 import onnx
 import torch
@@ -20,3 +23,13 @@ def onnx_input_shape(model: onnx.ModelProto, batch_size: int = 8) -> list[int]:
         raise PipelineError(f"input {model.graph.input[0].name} has symbolic non-batch dimensions {shape}; "
                             f"export the model with a fixed image size")
     return shape
+
+
+def peek(batches: Iterable[torch.Tensor], name: str) -> tuple[torch.Tensor, Iterable[torch.Tensor]]:
+    """The first batch, and an iterator that still yields every batch (a generator is read once); one sentence
+    naming the argument `name` when there is no batch."""
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        raise PipelineError(f"{name} is empty; pass at least one batch of real inputs")
+    return first, itertools.chain([first], it)
