@@ -23,10 +23,8 @@ from .result import Check
 
 
 def distance_ratio(pt: np.ndarray, graph: np.ndarray, fp32: np.ndarray) -> float:
-    """|PyTorch - graph| over the smaller of the two INT8 results' distances to FP32 (below 1: they agree)."""
-    pt, graph, fp32 = (a.astype(np.float64) for a in (pt, graph, fp32))
-    quantization_error = min(np.linalg.norm(graph - fp32), np.linalg.norm(pt - fp32))
-    return float(np.linalg.norm(pt - graph) / max(quantization_error, 1e-12))
+    """|PyTorch - graph| over the smaller of the two INT8 results' distances to FP32 (the rule's own figure)."""
+    return agreement_rule(pt, graph, fp32).figures["distance_ratio"]
 
 
 def agreement(pt: np.ndarray, graph: np.ndarray, fp32: Optional[np.ndarray], real: bool, engine: Optional[str],
