@@ -86,25 +86,29 @@ def ours(args, calib: torch.Tensor, work: Path) -> tuple[dict, torch.nn.Module]:
     return files, int8
 
 
+def run_modelopt(python: str, fp32_onnx: Path, calib_npy: Path, method: str, precision: str, out: Path) -> float:
+    """ModelOpt's ONNX int8 PTQ of `fp32_onnx` on the images in `calib_npy` (CPU calibration); its wall time."""
+    cmd = [python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(fp32_onnx), "--quantize_mode", "int8",
+           "--calibration_data_path", str(calib_npy), "--calibration_method", method, "--high_precision_dtype",
+           precision, "--calibration_eps", "cpu", "--output_path", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not Path(out).is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise PipelineError(f"ModelOpt failed for {method}/{precision} ({tail[0][:160]}); run {' '.join(cmd)}")
+    return time.perf_counter() - t0
+
+
 def modelopt(args, calib: torch.Tensor, work: Path) -> tuple[dict, dict]:
     """ModelOpt int8 graphs of the FP32 ONNX for each (calibration, high precision); and their wall times."""
     np.save(work / "calib.npy", calib.numpy())
     files, seconds = {}, {}
     for method, precision in MODELOPT_VARIANTS:
         name = f"ModelOpt {method}, {precision.upper()} high precision"
-        out = work / f"modelopt_{method}_{precision}.onnx"
-        cmd = [args.modelopt_python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(args.fp32_onnx),
-               "--quantize_mode", "int8", "--calibration_data_path", str(work / "calib.npy"),
-               "--calibration_method", method, "--high_precision_dtype", precision, "--calibration_eps", "cpu",
-               "--output_path", str(out)]
         print(f"running {name} ...", flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        seconds[name] = time.perf_counter() - t0
-        if proc.returncode != 0 or not out.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise PipelineError(f"ModelOpt failed for {method}/{precision} ({tail[0][:160]}); run {' '.join(cmd)}")
-        files[name] = out
+        files[name] = work / f"modelopt_{method}_{precision}.onnx"
+        seconds[name] = run_modelopt(args.modelopt_python, args.fp32_onnx, work / "calib.npy", method, precision,
+                                     files[name])
     return files, seconds
 
 
