@@ -71,6 +71,21 @@ def test_failed_int8_and_exact_guards_are_recorded_not_raised(fallback_run):
     assert result.graphs["exact"].path is not None
 
 
+def test_main_job_records_the_fallback_graph(fallback_run, tmp_path):
+    from eager2trt.jobs import JobOptions, record_of
+    from eager2trt.reports import metrics
+
+    _, result = fallback_run
+    record = record_of(result, JobOptions(fallback=True), {}, {}, [], 1.0)
+    for section, values in record.items():
+        metrics.update(tmp_path / "metrics.json", section, values)
+    assert record["onnx_gs_fallback"]["fallback"]["kept"] and record["pytorch"]["fallback"]
+    assert not record["pytorch"]["checks"]["int8_accuracy"]["passed"]  # recorded, not dropped
+    assert "fallback_graph_accuracy" not in record["pytorch"]["checks"]
+    v = record["validation"][contract.INT8_ONNX_FALLBACK]
+    assert v["reference"] == "fp32" and v["reference_accuracy"] == result.accuracy["fp32"]
+
+
 def test_fallback_without_holdout_is_refused_before_anything_is_written(tmp_path):
     model = tiny_model()
     images, labels = labelled(model, 1, seed=7, size=16)
