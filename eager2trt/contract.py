@@ -18,6 +18,8 @@ INT8_ONNX = "resnet_quantized_cifar10.onnx"
 INT8_TORCHSCRIPT = "resnet_quantized_cifar10.pt"
 INT8_ONNX_MODIFIED = "resnet_quantized_cifar10_modified.onnx"  # exact surgery (the reference's name)
 INT8_ONNX_FAST = "resnet_quantized_cifar10_fast.onnx"  # fast placement
+# automatic fallback: the fewest layers kept in float within the accuracy budget (graph/fallback.py)
+INT8_ONNX_FALLBACK = "resnet_quantized_cifar10_fallback.onnx"
 FP16_ENGINE = "resnet_cifar10_fp16.engine"
 INT8_ENGINE = "resnet_cifar10_int8.engine"
 INT8_FAST_ENGINE = "resnet_cifar10_int8_fast.engine"
@@ -74,4 +76,5 @@ class ArtifactPaths:
         self.int8_torchscript = d / INT8_TORCHSCRIPT
         self.int8_onnx_modified = d / INT8_ONNX_MODIFIED
         self.int8_onnx_fast = d / INT8_ONNX_FAST
+        self.int8_onnx_fallback = d / INT8_ONNX_FALLBACK
         self.metrics = d / METRICS

@@ -61,6 +61,27 @@ def check_model(model, name: str = "fp32") -> torch.nn.Module:
     return model
 
 
+def check_int8_model(model, name: str = "int8") -> torch.nn.Module:
+    """Raise unless `model` is a converted INT8 eager model: quantized modules inside (a converted QuantStub), no
+    FakeQuantize or observer left (a QAT or calibration model not yet converted)."""
+    from torch.ao.quantization import FakeQuantizeBase, ObserverBase
+
+    from .runtime.backends import is_quantized_module
+
+    if not isinstance(model, torch.nn.Module):
+        raise PipelineError(f"{name} is a {type(model).__name__}, not a torch.nn.Module; pass the converted INT8 "
+                            f"eager model, or leave {name} out to calibrate fp32")
+    if any(isinstance(m, (FakeQuantizeBase, ObserverBase)) for m in model.modules()):
+        raise PipelineError(f"{name} still holds FakeQuantize or observer modules (prepared, not converted); convert "
+                            f"it first (torch.ao.quantization.convert(model.eval()); eager2trt.eager.qat.quantize_qat "
+                            f"returns it converted)")
+    if not is_quantized_module(model):
+        raise PipelineError(f"{name} ({type(model).__name__}) has no quantized modules (no converted QuantStub); pass "
+                            f"the converted INT8 eager model (e.g. from eager2trt.eager.qat.quantize_qat), or leave "
+                            f"{name} out to calibrate fp32")
+    return model
+
+
 def _check_tensor(x, name: str, channels: int, chw: Optional[tuple]) -> torch.Tensor:
     """One batch: a CPU float32 NCHW tensor with `channels` channels (and `chw` when given), finite, normalized."""
     if isinstance(x, np.ndarray):

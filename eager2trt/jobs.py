@@ -43,6 +43,11 @@ class JobOptions:
     accuracy_budget: float = contract.ACCURACY_BUDGET
     fast: Optional[str] = "fp32"  # high precision of the fast graph; None: no fast graph
     fp16: bool = False  # also write and check the FP16 ONNX (the main job)
+    # outside the accuracy budget, keep the fewest layers in float (chosen on the held-out training images) and
+    # hold that graph to FP32 (pipeline.quantize_to_tensorrt(fallback=True)); needs holdout_images
+    fallback: bool = False
+    # QAT fine-tuning epochs instead of post-training calibration (eager/qat.py); None: PTQ
+    qat_epochs: Optional[int] = None
     latency_runs: int = 200
     download: bool = False
     overwrite: bool = False  # training may replace an existing FP32 state_dict
@@ -73,8 +78,9 @@ def fp32_model(opts: JobOptions, data: dict) -> tuple[torch.nn.Module, dict]:
 
 
 def calibration_data(train, opts: JobOptions) -> tuple:
-    """Calibration batches, and for calibration "auto" (batches, labels) of other training images to choose on."""
-    if opts.quantization.calibration != "auto":
+    """Calibration batches, and for calibration "auto" or the fallback (batches, labels) of other training images
+    to choose on (disjoint from the calibration images)."""
+    if opts.quantization.calibration != "auto" and not opts.fallback:
         return calibration_batches(train, opts.recipe.batch_size, opts.calib_batches), None
     size = opts.recipe.batch_size
     calib_images = (opts.calib_batches or -(-(len(train) - opts.holdout_images) // size)) * size
@@ -92,8 +98,13 @@ def main_job(opts: JobOptions) -> dict:
     test = data["test"]
     images = [x for x, _ in iterate_batches(test, 500)]
     calib, holdout = calibration_data(data["train"], opts)
+    int8, qat = None, None
+    if opts.qat_epochs:
+        calib = list(calib)  # QAT calibrates on them; the pipeline takes its example input from them
+        int8, qat = qat_model(fp32, calib, data, opts)
     result = quantize_to_tensorrt(fp32, calib, opts.output_dir, opts.quantization, images=images, labels=test.labels,
-                                  fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout)
+                                  fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout,
+                                  fallback=opts.fallback, int8=int8)
     extra = write_fp16(paths.fp32_onnx, paths.fp16_onnx, images, test.labels, result.accuracy["fp32"],
                        "PyTorch FP32") if opts.fp16 else []
     example = images[0][:1]
@@ -103,33 +114,58 @@ def main_job(opts: JobOptions) -> dict:
         latency.update(cpu_latencies({"fp32_cuda": result.fp32.cuda()}, example.cuda(), opts.latency_runs,
                                      sync=torch.cuda.synchronize, threads=False))
         result.fp32.cpu()
-    record = record_of(result, opts, training, latency, extra, time.perf_counter() - t_start)
+    record = record_of(result, opts, training, latency, extra, time.perf_counter() - t_start, qat)
     for section, values in record.items():
         metrics.update(paths.metrics, section, values)
     return {"result": result, "record": record, "checks": result.checks + extra}
 
 
+def qat_method(opts: JobOptions) -> str:
+    """The observers QAT calibrates with: the job's calibration method; "auto" (which chooses among converted PTQ
+    models) becomes percentile, its usual choice."""
+    return "percentile" if opts.quantization.calibration == "auto" else opts.quantization.calibration
+
+
+def qat_model(fp32: torch.nn.Module, calib: list, data: dict, opts: JobOptions) -> tuple[torch.nn.Module, dict]:
+    """QAT fine-tune of `fp32` for opts.qat_epochs (eager/qat.py) on the training split, on CUDA when available;
+    the test split is only reported after each epoch (train()'s log), never used to choose anything."""
+    from .eager.qat import qat_recipe, quantize_qat
+
+    method = qat_method(opts)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    recipe = qat_recipe(opts.qat_epochs, batch_size=opts.recipe.batch_size, seed=opts.recipe.seed,
+                        train_subset=opts.recipe.train_subset)
+    int8, history = quantize_qat(fp32, calib, data["train"], data["test"], opts.qat_epochs, recipe,
+                                 opts.quantization.activation_dtype, method, opts.quantization.engine, device)
+    return int8, {"epochs": opts.qat_epochs, "calibration": method, "lr": recipe.lr, "device": str(device),
+                  "train_subset": recipe.train_subset, "train_seconds": history.train_seconds,
+                  "history": history.epochs}
+
+
 def record_of(result: PipelineResult, opts: JobOptions, training: dict, latency: dict, extra: list,
-              seconds: float) -> dict:
-    """metrics.json sections: pytorch (stage 1's figures), onnx_gs / onnx_gs_fast (the graphs), fp16, validation."""
+              seconds: float, qat: Optional[dict] = None) -> dict:
+    """metrics.json sections: pytorch (stage 1's figures), onnx_gs / onnx_gs_fast / onnx_gs_fallback (the graphs),
+    fp16, validation."""
     pytorch = {"arch": opts.arch, "fp32_accuracy": result.accuracy.get("fp32"),
                "int8_accuracy": result.accuracy.get("int8"), "fusion_max_abs_diff": result.fusion_max_abs_diff,
                "int8_vs_onnx_agreement": result.check("agreement").figures, "latency_batch1_ms": latency,
                "activation_dtype": opts.quantization.activation_dtype, "engine": result.engine,
                "calibration": opts.quantization.calibration, "calib_batches": opts.calib_batches,
                "calibration_choice": getattr(result.int8, "calibration_choice", None),
+               "qat_epochs": opts.qat_epochs, "qat": qat, "fallback": opts.fallback,
                "seed": opts.recipe.seed, "environment": environment(), "training": training, "wall_seconds": seconds,
-               "checks": {c.name: c.as_dict() for c in result.checks if not c.name.startswith(("exact", "fast", "lint"))}}
+               "checks": {c.name: c.as_dict() for c in result.checks if not c.name.startswith(("exact", "fast", "fallback", "lint"))}}
     record = {"pytorch": pytorch}
-    for mode, section in (("exact", "onnx_gs"), ("fast", "onnx_gs_fast")):
+    for mode, section in (("exact", "onnx_gs"), ("fast", "onnx_gs_fast"), ("fallback", "onnx_gs_fallback")):
         if mode in result.graphs:
             record[section] = result.graphs[mode].record()
     validation = {}
     for g in result.graphs.values():
         if g.path is not None and g.accuracy is not None:
+            ref = "fp32" if g.mode == "fallback" else "int8"  # PyTorch INT8 cannot mirror an ONNX-level fallback
             validation[g.path.name] = {"backend": "onnxruntime", "model": str(g.path), "accuracy": g.accuracy,
                                        "samples": len(result.logits["int8"]["real"]), "quantized": True,
-                                       "reference": "int8", "reference_accuracy": result.accuracy["int8"]}
+                                       "reference": ref, "reference_accuracy": result.accuracy[ref]}
     if validation:
         record["validation"] = validation
     if extra:

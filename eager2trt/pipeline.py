@@ -10,6 +10,10 @@ is run once per input set (random, and the caller's real images) through runtime
 check (checks/*) reads those logits. A check that fails raises its one sentence (checks.result.require);
 graphs are written only after their checks pass. The CLIs parse arguments, call into here, print the
 result's checks and exit.
+
+With `fallback=True` a run whose INT8 is outside the accuracy budget does not stop there: the fewest layers are
+kept in float (graph/fallback.py, chosen on held-out training images) and that graph is held to FP32 instead.
+With `int8=` an already converted INT8 model (e.g. from QAT, eager/qat.py) replaces calibration.
 """
 
 from dataclasses import dataclass, field, replace
@@ -36,7 +40,7 @@ from .errors import PipelineError
 from .graph.lint import lint, performance_summary
 from .graph.onnx_utils import load_onnx
 from .graph.placement import make_fast, with_high_precision
-from .inputs import check_pipeline_arguments
+from .inputs import check_batches, check_int8_model, check_pipeline_arguments
 from .graph.surgery import make_tensorrt_ready
 from .runtime.backends import OnnxRunner, PyTorchRunner, accuracy_of, logits
 from .runtime.inputs import onnx_input_shape, peek, random_batches
@@ -184,7 +188,8 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
                          config: Optional[QuantizeConfig] = None, *, images: Optional[list] = None,
                          labels: Optional[torch.Tensor] = None, fast: Optional[str] = "fp32",
                          accuracy_budget: float = contract.ACCURACY_BUDGET,
-                         holdout: Optional[tuple] = None) -> PipelineResult:
+                         holdout: Optional[tuple] = None, fallback: bool = False,
+                         int8: Optional[torch.nn.Module] = None) -> PipelineResult:
     """Fuse, quantize, export and make TensorRT-ready, verifying each step; write every artifact to output_dir.
 
     `fp32` needs torchvision's quantizable-model contract: QuantStub/DeQuantStub around forward, FloatFunctional
@@ -194,28 +199,54 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     measured and INT8 must stay within `accuracy_budget` points of FP32 (the accuracy guard), and the fast graph
     within its allowance of PyTorch INT8. Without labels accuracy is not checked (the result says so).
     `fast` ("fp32" or "fp16" high precision, None for none) also writes the fast-placement graph. `holdout` =
-    (batches, labels) of training images not used for calibration: what calibration "auto" chooses on.
+    (batches, labels) of training images not used for calibration: what calibration "auto" chooses on, and what
+    the fallback chooses its layers on.
+
+    `fallback=True` (needs `images`, `labels` and `holdout`): when the accuracy guard fails, the run goes on. The
+    exact and fast graphs are made, checked and written as usual; if the exact graph is outside the budget, the
+    automatic mixed precision of eager2trt-sensitivity --fallback runs on the INT8 export: every layer ranked
+    (leave-one-out, alone in float) and the fewest kept in float that bring the graph within `accuracy_budget`
+    points of the FP32 ONNX, all measured on `holdout` (training images), never on `images`. That graph is made
+    TensorRT-ready, linted, evaluated on `images` and held to FP32 within the budget (check
+    fallback_graph_accuracy), then written to contract.INT8_ONNX_FALLBACK (graph "fallback" in the result).
+    References: PyTorch INT8 and the exact and fast graphs are held to FP32 within the budget as always, and
+    their failed guards stay in result.checks (failed, recorded, not raised); the fast graph is still held to
+    PyTorch INT8 as well; the fallback graph is held to FP32 only: PyTorch's eager INT8 model cannot mirror an
+    ONNX-level fallback. No set of layers reaching the budget on `holdout` raises CheckFailed naming the layers
+    tried.
+
+    `int8`: an already converted INT8 eager model of `fp32` (e.g. eager2trt.eager.qat.quantize_qat's), used
+    instead of calibrating; `calibration_batches` then only provide the example input. It must have been
+    converted for the current quantized engine (torch.backends.quantized.engine, as quantize_qat leaves it).
+    Everything after quantization (export, agreement, graphs, guard) is the same.
     """
     config = config or QuantizeConfig()
     calibration_batches, images = check_pipeline_arguments(fp32, calibration_batches, config, images, labels, fast)
+    if int8 is not None:
+        check_int8_model(int8)
     example, calibration_batches = peek(calibration_batches, "calibration_batches")
+    holdout_arrays = _check_fallback_arguments(fp32, holdout, images, labels, tuple(example.shape[1:])) \
+        if fallback else None
     paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"))
     with fresh_run(paths.output_dir, RUN_ARTIFACTS):
         return _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast,
-                                     accuracy_budget, holdout)
+                                     accuracy_budget, holdout, holdout_arrays, int8)
 
 
 # what one quantize_to_tensorrt run writes: an earlier run's files are kept aside until this one completes
 RUN_ARTIFACTS = (contract.FP32_ONNX, contract.INT8_ONNX, contract.INT8_TORCHSCRIPT, contract.INT8_ONNX_MODIFIED,
-                 contract.INT8_ONNX_FAST, contract.FP16_ONNX, contract.METRICS)
+                 contract.INT8_ONNX_FAST, contract.INT8_ONNX_FALLBACK, contract.FP16_ONNX, contract.METRICS)
 
 
 def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast, accuracy_budget,
-                          holdout) -> PipelineResult:
+                          holdout, holdout_arrays=None, int8=None) -> PipelineResult:
     fp32 = fp32.eval().cpu()
     fused, fusion = fusion_check(fp32, tuple(example.shape[1:]))
-    int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine,
-                    config.percentile, holdout)
+    if int8 is None:
+        int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine,
+                        config.percentile, holdout)
+    else:
+        int8 = int8.eval()
     engine = torch.backends.quantized.engine
     export_onnx(fp32, paths.fp32_onnx, example=example)
     export_onnx(int8, paths.int8_onnx, example=example)
@@ -236,10 +267,15 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
         checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
                                      f"PyTorch INT8 ({engine} engine)"))
     notes = [] if labels is not None else [_accuracy_not_checked(out, "real" if real else "random")]
+    tolerated = set()  # failed accuracy guards that fallback=True records instead of raising
     if labels is not None and not checks[-1].passed:
-        checks[-1] = _name_worst_layers(checks[-1], export, load_onnx(paths.fp32_onnx), images, labels)
+        if holdout_arrays is not None:
+            tolerated.add(checks[-1].name)
+        else:
+            checks[-1] = _name_worst_layers(checks[-1], export, load_onnx(paths.fp32_onnx), images, labels)
     for c in checks:
-        require(c)
+        if c.name not in tolerated:
+            require(c)
 
     graphs = {"exact": make_graph(export, "exact")}
     if fast:
@@ -258,14 +294,101 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
             g.checks.append(accuracy_guard(f"{g.mode}_graph_accuracy", g.accuracy, accuracy["fp32"], accuracy_budget,
                                            f"the {g.mode} graph"))
             accuracy[g.mode] = g.accuracy
-    _require_graphs(graphs)
+    if holdout_arrays is not None:
+        exact = graphs["exact"]
+        guard = next(c for c in (exact.checks if exact.model is not None else checks)
+                     if c.name in ("exact_graph_accuracy", "int8_accuracy"))
+        if not guard.passed:  # outside the budget: the graphs' FP32 guards are recorded, the fallback must pass
+            tolerated |= {f"{g.mode}_graph_accuracy" for g in graphs.values()}
+            graphs["fallback"] = fallback_graph(export, load_onnx(paths.fp32_onnx), holdout_arrays, inputs,
+                                                accuracy["fp32"], accuracy_budget)
+            accuracy["fallback"] = graphs["fallback"].accuracy
+            failed = [c.name for c in checks + [c for g in graphs.values() for c in g.checks]
+                      if c.name in tolerated and not c.passed]
+            notes += [f"{name} failed (recorded): outside the accuracy budget; the fallback graph "
+                      f"({paths.int8_onnx_fallback.name}) is within it" for name in failed]
+        elif tolerated:
+            notes.append(f"int8_accuracy failed (recorded): PyTorch INT8 is outside the accuracy budget but the exact "
+                         f"graph is within it ({guard.value:.4f}), so no fallback graph was needed")
+    _require_graphs(graphs, tolerated)
     for g in graphs.values():
         if g.model is not None:
-            write_graph(g, paths.int8_onnx_modified if g.mode == "exact" else paths.int8_onnx_fast)
+            write_graph(g, {"exact": paths.int8_onnx_modified, "fast": paths.int8_onnx_fast,
+                            "fallback": paths.int8_onnx_fallback}[g.mode])
     return PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, engine=engine, graphs=graphs,
                           checks=checks + [c for g in graphs.values() for c in g.checks], accuracy=accuracy,
                           logits={**out, **{g.mode: g.logits for g in graphs.values()}},
                           notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values() if g.refused])
+
+
+def _check_fallback_arguments(fp32, holdout, images, labels, chw: tuple) -> tuple[list, np.ndarray]:
+    """fallback=True's inputs, before anything is written: labelled `images` to hold the fallback graph to, and
+    `holdout` = (batches, labels) of training images to choose its layers on; returns holdout as numpy."""
+    if holdout is None:
+        raise PipelineError("fallback=True chooses the layers to keep in float on held-out labelled training images; "
+                            "pass holdout=(batches, labels) of training images not used for calibration (never the "
+                            "test images given as images=, which the fallback graph is then evaluated on)")
+    if labels is None:
+        raise PipelineError("fallback=True holds the fallback graph to FP32 on labelled held-out images; pass images= "
+                            "and labels= (e.g. the test set) as well as holdout=")
+    if not isinstance(holdout, (tuple, list)) or len(holdout) != 2:
+        raise PipelineError(f"holdout is a {type(holdout).__name__}; pass holdout=(batches, labels): a list of "
+                            f"float32 NCHW batches and their labels")
+    batches = [b.numpy() for b in check_batches(list(holdout[0]), "holdout[0]", fp32, chw)]
+    held = holdout[1]
+    if isinstance(held, (list, tuple)):
+        held = torch.cat([torch.as_tensor(y).reshape(-1) for y in held]) if len(held) else torch.zeros(0)
+    held = np.asarray(torch.as_tensor(held).cpu()).reshape(-1)
+    if len(held) != sum(len(b) for b in batches):
+        raise PipelineError(f"holdout has {len(held)} labels for {sum(len(b) for b in batches)} images; pass one "
+                            f"label per image")
+    if any(b is x for b in holdout[0] for x in images):
+        raise PipelineError("holdout shares batches with images; the fallback's layers must be chosen on training "
+                            "images, never on the images they are then evaluated on")
+    return batches, held
+
+
+FALLBACK_NAMED = 5  # kept layers a failed fallback's sentence names
+
+
+def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout: tuple, inputs: Inputs,
+                   fp32_accuracy: float, budget: float) -> Graph:
+    """The fallback graph (graph/fallback.py's search, on `holdout` = (numpy batches, labels) of training images):
+    checked on holdout (the search's own budget check), linted, then evaluated on `inputs`' labelled images and held
+    to FP32 there within `budget` points. Raises CheckFailed when no set of layers reaches the budget on holdout."""
+    from .graph.fallback import fallback as search
+    from .graph.sensitivity import analyze, study
+
+    batches, labels = holdout
+    s = study(export, batches, labels, fp32=fp32_onnx)
+    ranking = analyze(s, alone_quantized=False, data=f"{s.evaluator.images} held-out training images")
+    fb = search(s, ranking, budget)
+    graph = Graph("fallback", report={"fallback": fb.as_dict()})
+    tried = ", ".join(fb.kept[:FALLBACK_NAMED]) + (f" and {len(fb.kept) - FALLBACK_NAMED} more"
+                                                   if len(fb.kept) > FALLBACK_NAMED else "")
+    searched = replace(
+        fb.check(), name="fallback_holdout_accuracy",
+        detail=f"{fb.metric} (held-out training images) with {len(fb.kept)} layers kept in float; held to "
+               f"{fb.held_to}",
+        fix=f"no set of layers from the sensitivity ranking brings the graph within {budget:g} points of FP32 on the "
+            f"held-out training images (tried {len(fb.kept)} in float: {tried or 'none'}); use quantization-aware "
+            f"training (int8=eager2trt.eager.qat.quantize_qat(...); resnet_torch.py --qat-epochs N), another "
+            f"calibration, or a larger budget")
+    graph.checks = [searched]
+    require(searched)
+    graph.model = fb.model
+    graph.performance = performance_summary(fb.model)
+    graph.checks = lint_checks(lint(fb.model, performance="warning")) + [searched]
+    run_graph(graph, inputs)
+    graph.accuracy = accuracy_of(graph.logits["real"], inputs.labels)
+    guard = accuracy_guard("fallback_graph_accuracy", graph.accuracy, fp32_accuracy, budget,
+                           f"the fallback graph ({len(fb.kept)} layers kept in float, chosen on held-out training "
+                           f"images; held to FP32, not PyTorch INT8)")
+    graph.checks.append(replace(guard, fix="the layers chosen on the held-out training images do not hold the budget "
+                                           "on these images: hold out more training images, use quantization-aware "
+                                           "training (eager2trt.eager.qat; resnet_torch.py --qat-epochs N), or raise "
+                                           "the budget"))
+    return graph
 
 
 GUARD_IMAGES = 500  # labelled images the failing accuracy guard's layer ranking runs on (one run per layer)
@@ -279,8 +402,9 @@ def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelPr
     xs = torch.cat(images)[:GUARD_IMAGES]
     names = worst_layers(export, [b.numpy() for b in xs.split(250)], np.asarray(labels[:len(xs)]), fp32=fp32, k=3)
     fix = (f"INT8 loses more accuracy than the budget allows; the layers that recover most when left in float are "
-           f"{', '.join(names)}: try calibration='auto' (or percentile, entropy), eager2trt-sensitivity --fallback on "
-           f"{contract.INT8_ONNX} to keep the fewest layers in float, or QAT (eager2trt.eager.qat)")
+           f"{', '.join(names)}: try calibration='auto' (or percentile, entropy), fallback=True (resnet_torch.py --fallback) or "
+           f"eager2trt-sensitivity --fallback on {contract.INT8_ONNX} to keep the fewest layers in float, or QAT "
+           f"(int8=eager2trt.eager.qat.quantize_qat(...); resnet_torch.py --qat-epochs N)")
     return replace(check, fix=fix, figures={**check.figures, "worst_layers": names})
 
 
@@ -291,11 +415,14 @@ def _accuracy_not_checked(out: dict, inputs: str) -> str:
             f"{len(out['int8'][inputs])} {inputs} inputs; pass images= and labels= (held-out real data) to check it")
 
 
-def _require_graphs(graphs: dict) -> None:
-    """Every graph that was made must pass all its checks; at least one graph must have been made."""
+def _require_graphs(graphs: dict, tolerated: Iterable[str] = ()) -> None:
+    """Every graph that was made must pass all its checks (but the `tolerated` ones, recorded: the accuracy guards
+    a passing fallback graph replaces); at least one graph must have been made."""
+    tolerated = set(tolerated)
     for g in graphs.values():
         for c in g.checks:
-            require(c)
+            if c.name not in tolerated:
+                require(c)
     if all(g.model is None for g in graphs.values()):
         reasons = "; ".join(f"{g.mode}: {g.refused}" for g in graphs.values())
         raise PipelineError(f"no TensorRT-ready graph could be made ({reasons})")

@@ -58,6 +58,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-budget", type=float, default=contract.ACCURACY_BUDGET,
                    help="fail when INT8 (PyTorch or a TensorRT-ready graph) is more than this many points of top-1 "
                         "below FP32 on the test images")
+    p.add_argument("--fallback", action="store_true",
+                   help=f"when INT8 is outside --accuracy-budget, keep the fewest layers in float (chosen on "
+                        f"{defaults.holdout_images} held-out training images, never the test set) and write "
+                        f"{contract.INT8_ONNX_FALLBACK}, held to FP32 within the budget on the test images")
+    p.add_argument("--qat-epochs", type=int, default=None,
+                   help="quantization-aware fine-tuning for this many epochs (1 or more; CUDA when available) "
+                        "instead of post-training calibration; QAT's observers use --calibration, or percentile "
+                        "when it is auto; unset: post-training quantization")
     p.add_argument("--high-precision", default="fp32", choices=HIGH_PRECISIONS,
                    help="type of the fast graph's scales, biases and non-INT8 compute")
     p.add_argument("--no-fast-graph", action="store_true", help="write only the exact TensorRT-ready graph")
@@ -87,6 +95,7 @@ def validate(args) -> None:
     require_int("--train-subset", args.train_subset)
     require_int("--calib-batches", args.calib_batches, minimum=0)  # 0: every training image
     require_int("--latency-runs", args.latency_runs)
+    require_int("--qat-epochs", args.qat_epochs)  # unset (None): PTQ; 0 or less is refused
     require_float("--accuracy-budget", args.accuracy_budget)
     require_choice("--arch", args.arch, ARCHS)
     require_choice("--activation-dtype", args.activation_dtype, ACTIVATION_DTYPES)
@@ -103,7 +112,8 @@ def validate(args) -> None:
         written = ArtifactPaths(args.output_dir)
         refuse_same_file({"--checkpoint": args.checkpoint},
                          {name: getattr(written, name) for name in ("fp32_onnx", "int8_onnx", "int8_torchscript",
-                                                                   "int8_onnx_modified", "int8_onnx_fast", "metrics")},
+                                                                   "int8_onnx_modified", "int8_onnx_fast",
+                                                                   "int8_onnx_fallback", "metrics")},
                          overwrite=args.overwrite, overwrite_hint="pass --overwrite")
 
 
@@ -119,6 +129,7 @@ def options(args) -> jobs.JobOptions:
                                                         args.percentile),
                            calib_batches=args.calib_batches or None, accuracy_budget=args.accuracy_budget,
                            fast=None if args.no_fast_graph else args.high_precision, fp16=args.fp16_onnx,
+                           fallback=args.fallback, qat_epochs=args.qat_epochs,
                            latency_runs=args.latency_runs, download=args.download, overwrite=args.overwrite,
                            save_every=args.save_every, restart=args.restart)
 
@@ -135,6 +146,10 @@ def report(out: dict) -> None:
     if out["checks"][len(result.checks):]:
         print("FP16 ONNX:")
         print_checks(out["checks"][len(result.checks):])
+    qat = out["record"]["pytorch"].get("qat")
+    if qat:
+        print(f"QAT: {qat['epochs']} epochs ({qat['calibration']} observers, lr {qat['lr']:g}, {qat['device']}, "
+              f"{qat['train_seconds']:.1f} s)")
     print(f"FP32 evaluation accuracy: {result.accuracy['fp32']:.3f}")
     print(f"INT8 evaluation accuracy: {result.accuracy['int8']:.3f}")
     for mode, graph in result.graphs.items():

@@ -13,7 +13,7 @@ from ..errors import PipelineError, require_choice, require_float, require_int, 
 from ..graph.onnx_utils import is_quantized, load_onnx
 from ..reports.sensitivity import SPLITS, print_run, sensitivity_report
 
-FALLBACK_ONNX = "resnet_quantized_cifar10_fallback.onnx"
+FALLBACK_ONNX = contract.INT8_ONNX_FALLBACK
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,14 @@ def print_graph(graph) -> None:
         print(f"{title}: not made ({graph.refused})")
         return
     print(f"{title}: {graph.path or 'not written'}")
-    print_rewrites(graph.report)
+    if "fallback" in graph.report:
+        fb = graph.report["fallback"]
+        e = fb["extra_layers"]
+        print(f"  kept in float ({len(fb['kept'])}): {', '.join(fb['kept']) or 'nothing'}")
+        print(f"  predicted extra TensorRT layers: {e['reformat_layers']} reformat (unfused Q/DQ), "
+              f"{e['float_compute_layers']} Conv/Gemm in float instead of INT8")
+    else:
+        print_rewrites(graph.report)
     if graph.performance:
         print_performance(graph.performance)
     print_checks(graph.checks)

@@ -18,6 +18,7 @@ WRITERS = {
     "onnx_gs": "python onnx_gs.py",
     "onnx_gs_fast": "python onnx_gs.py --mode fast",
     "onnx_gs_fast_fp16": "python onnx_gs.py --mode fast --high-precision fp16",
+    "onnx_gs_fallback": "python resnet_torch.py --fallback",
     "validation": "python resnet_tensorrt.py",
     "fp16": "python resnet_torch.py --fp16-onnx",
 }
