@@ -20,7 +20,8 @@ from eager2trt.checks.compare import argmax_agreement, relative_distance
 from eager2trt.runtime.backends import as_runner, logits as run_logits
 from eager2trt.runtime.inputs import random_batches
 from eager2trt.artifacts import atomic_path, write_json
-from eager2trt.errors import run_cli
+from eager2trt import contract
+from eager2trt.errors import require_choice, require_int, run_cli
 from eager2trt.eager.export import export_onnx
 from eager2trt.eager.model import ARCHS, build_model, fuse, variance_preserving_init
 from eager2trt.eager.engines import supported_engines
@@ -35,13 +36,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=64, help="random inputs for calibration and for the comparison")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the inputs")
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per latency figure")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=list(contract.IMAGE_SHAPE),
+                   help="CHW of the random inputs (calibration, comparison, timing) and of the export")
     p.add_argument("--output-dir", type=Path, default=Path("bench/results"), help="where the table and JSON go")
     p.add_argument("--name", default="engines_cpu2", help="file stem of the .json and .md written")
     return p
 
 
-def random_inputs(n: int, seed: int, batch: int = 8) -> list:
-    return random_batches((batch, 3, 32, 32), max(1, n // batch), seed + 1)
+def random_inputs(n: int, seed: int, batch: int = 8, chw: tuple = contract.IMAGE_SHAPE) -> list:
+    return random_batches((batch, *chw), max(1, n // batch), seed + 1)
 
 
 def logits(model, batches: list):
@@ -57,9 +60,9 @@ def fidelity(int8, onnx_path: Path, fp32_logits, batches: list) -> dict:
             "distance_ratio": distance_ratio(pt, graph, fp32_logits)}
 
 
-def latency(int8, runs: int) -> dict:
+def latency(int8, runs: int, chw: tuple = contract.IMAGE_SHAPE) -> dict:
     """TorchScript INT8 batch-1 median ms at 1 thread and at all threads."""
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, *chw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(int8, x)
@@ -75,7 +78,7 @@ def latency(int8, runs: int) -> dict:
 def measure_arch(arch: str, engines: list, args, workdir: Path) -> list:
     torch.manual_seed(args.seed)
     fp32 = variance_preserving_init(build_model(arch)).eval()
-    batches = random_inputs(args.samples, args.seed)
+    batches = random_inputs(args.samples, args.seed, chw=tuple(args.input_size))
     fused, _ = fuse(fp32, tuple(batches[0].shape[1:]))
     fp32_logits = logits(fp32, batches)
     rows = []
@@ -83,7 +86,7 @@ def measure_arch(arch: str, engines: list, args, workdir: Path) -> list:
         int8 = quantize(fused, batches, engine=engine)
         onnx_path = export_onnx(int8, workdir / f"{arch}_{engine}.onnx", batches[0])
         row = {"arch": arch, "engine": engine, **fidelity(int8, onnx_path, fp32_logits, batches),
-               **latency(int8, args.runs)}
+               **latency(int8, args.runs, tuple(args.input_size))}
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -95,7 +98,8 @@ def markdown(rows: list, env: dict, args) -> str:
     load = ", ".join(f"{x:.1f}" for x in env["load_average_1_5_15min"])
     lines = [f"Machine: {env['cpu']} ({env['cpu_count']} cores, load average {load} when the run ended), torch "
              f"{env['torch']}, onnxruntime {env.get('onnxruntime')}. Random init (kaiming normal, fan_in), histogram "
-             f"calibration and comparison on the same {args.samples} random inputs (seed {args.seed}); Q/DQ ONNX "
+             f"calibration and comparison on the same {args.samples} random {'x'.join(map(str, args.input_size))} "
+             f"inputs (seed {args.seed}); Q/DQ ONNX "
              f"run in onnxruntime without graph optimizations; quint8 per-tensor-symmetric activations, per-channel int8 weights in [-127, 127].",
              "", "| model | engine | PyTorch INT8 vs Q/DQ ONNX, relative | argmax agreement | distance ratio "
              "(PyTorch-to-graph / smaller INT8-to-FP32) | PyTorch INT8 vs FP32 | Q/DQ ONNX vs FP32 | "
@@ -109,7 +113,19 @@ def markdown(rows: list, env: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_args(args) -> None:
+    """Reject bad options before any model is built (one sentence naming the flag)."""
+    for arch in args.archs:
+        require_choice("--archs", arch, ARCHS)
+    require_int("--samples", args.samples)
+    require_int("--seed", args.seed, minimum=0)
+    require_int("--runs", args.runs)
+    for v in args.input_size:
+        require_int("--input-size", v)
+
+
 def main(args) -> list:
+    check_args(args)
     engines = [e for e in args.engines if e in supported_engines()]
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for arch in args.archs for r in measure_arch(arch, engines, args, Path(tmp))]

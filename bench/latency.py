@@ -63,6 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=contract.OUTPUT_DIR, help="where benchmark.{json,md,png} go")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128], help="batch sizes to time")
     p.add_argument("--runs", type=int, default=200, help="timed runs per figure at batch 1 (fewer for large batches)")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=list(contract.IMAGE_SHAPE),
+                   help="CHW of the random calibration and timing inputs (the model is exported at this size; "
+                        "TensorRT engines given must have been built for it)")
     p.add_argument("--engines", type=Path, nargs="*", default=None,
                    help="TensorRT engines to time where tensorrt and a GPU are present (default: those of "
                         f"{', '.join(DEFAULT_ENGINES)} in {contract.OUTPUT_DIR} that exist)")
@@ -72,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def calibration(args) -> list:
     if args.data_dir is None:
         gen = torch.Generator().manual_seed(0)
-        return [torch.randn(contract.image_batch_shape(32), generator=gen) for _ in range(8)]
+        return [torch.randn(32, *args.input_size, generator=gen) for _ in range(8)]
     from eager2trt.eager.data import calibration_batches, load_cifar10
 
     return list(calibration_batches(load_cifar10(args.data_dir)["train"], 128, limit=16))
@@ -103,7 +106,7 @@ def runs_for(batch: int, runs: int) -> int:
     return max(20, runs // max(1, batch // 8))
 
 
-def cpu_rows(a: dict, batches: list, runs: int) -> list:
+def cpu_rows(a: dict, batches: list, runs: int, chw: tuple = contract.IMAGE_SHAPE) -> list:
     from eager2trt.runtime.backends import ort_session
 
     def fns(threads: int, x: torch.Tensor) -> list:
@@ -124,21 +127,21 @@ def cpu_rows(a: dict, batches: list, runs: int) -> list:
         rows.append(row("PyTorch eager", "INT8 (reference: qint8, qnnpack)", "CPU", 1, None,
                         note="unsupported on this build"))
     for batch in batches:
-        x = torch.randn(contract.image_batch_shape(batch))
+        x = torch.randn(batch, *chw)
         with torch.no_grad():
             for r in thread_sweep(lambda threads: fns(threads, x), runs_for(batch, runs), batch_size=batch):
                 rows.append(row(*r["label"], "CPU", r["threads"], r))
     return rows
 
 
-def cuda_rows(fp32: torch.nn.Module, batches: list, runs: int) -> list:
+def cuda_rows(fp32: torch.nn.Module, batches: list, runs: int, chw: tuple = contract.IMAGE_SHAPE) -> list:
     if not torch.cuda.is_available():
         return []
     rows = []
     for precision, dtype in (("FP32", torch.float32), ("FP16", torch.float16)):
         model = copy.deepcopy(fp32).cuda().eval().to(dtype)
         for batch in batches:
-            x = torch.randn(contract.image_batch_shape(batch), device="cuda", dtype=dtype)
+            x = torch.randn(batch, *chw, device="cuda", dtype=dtype)
             with torch.no_grad():
                 rows.append(row("PyTorch eager", precision, "CUDA", None,
                                 measure(lambda: model(x), runs=runs, warmup=20, sync=torch.cuda.synchronize,
@@ -163,7 +166,7 @@ def engine_precision(path: Path) -> str:
     return path.stem.removeprefix("resnet_cifar10_").replace("_", " ").upper()
 
 
-def tensorrt_rows(engines: list, batches: list, runs: int) -> list:
+def tensorrt_rows(engines: list, batches: list, runs: int, chw: tuple = contract.IMAGE_SHAPE) -> list:
     """One row per engine and batch its profile accepts; a reason row per engine where no GPU is visible."""
     rows = []
     try:
@@ -180,7 +183,7 @@ def tensorrt_rows(engines: list, batches: list, runs: int) -> list:
         engine = Engine(path)
         lo, hi = engine.batch_range()
         for batch in (b for b in batches if lo <= b <= hi):
-            x = torch.randn(batch, 3, 32, 32, device="cuda")
+            x = torch.randn(batch, *chw, device="cuda")
             rows.append(row("TensorRT", precision, "CUDA", None,
                             measure(lambda: engine(x), runs=runs, warmup=20, sync=torch.cuda.synchronize,
                                     batch_size=batch)))
@@ -202,7 +205,7 @@ def _rss_kib(field: str = "VmRSS") -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _peak_rss_child(kind: str, files: dict, queue) -> None:
+def _peak_rss_child(kind: str, files: dict, queue, chw: tuple = contract.IMAGE_SHAPE) -> None:
     torch.set_num_threads(1)
     base = _rss_kib()
     with warnings.catch_warnings():
@@ -213,17 +216,17 @@ def _peak_rss_child(kind: str, files: dict, queue) -> None:
             model = torch.jit.load(str(files["int8_torchscript"]))
     with torch.no_grad():
         for _ in range(20):
-            model(torch.randn(contract.image_batch_shape(1)))
+            model(torch.randn(1, *chw))
     queue.put((base, _rss_kib(), _rss_kib("VmHWM")))
 
 
-def peak_memory(files: dict) -> dict:
+def peak_memory(files: dict, chw: tuple = contract.IMAGE_SHAPE) -> dict:
     """Peak resident memory (MiB) of a fresh process loading and running each model, and its growth."""
     ctx = mp.get_context("spawn")
     out = {}
     for kind in ("FP32", "INT8"):
         q = ctx.Queue()
-        p = ctx.Process(target=_peak_rss_child, args=(kind, {k: str(v) for k, v in files.items()}, q))
+        p = ctx.Process(target=_peak_rss_child, args=(kind, {k: str(v) for k, v in files.items()}, q, tuple(chw)))
         p.start()
         base, after, peak = q.get(timeout=600)
         p.join()
@@ -292,6 +295,12 @@ def validate(args) -> None:
     require_choice("--arch", args.arch, ARCHS)
     require_ints("--batch-sizes", args.batch_sizes)
     require_int("--runs", args.runs)
+    for v in args.input_size:
+        require_int("--input-size", v)
+    if args.data_dir is not None and tuple(args.input_size) != contract.IMAGE_SHAPE:
+        raise PipelineError(f"--input-size {' '.join(map(str, args.input_size))} with --data-dir: CIFAR-10 images are "
+                            f"{' '.join(map(str, contract.IMAGE_SHAPE))}; leave out --input-size, or --data-dir for "
+                            f"random inputs")
     args.engines = check_engines(args.engines)
     load_state_dict(build_model(args.arch), args.checkpoint, args.arch)  # one sentence naming --arch if not
     ensure_writable_dir(args.output_dir)
@@ -309,13 +318,15 @@ def run(args) -> dict:
         a = build_artifacts(args, Path(tmp))
         sizes = {k: Path(v).stat().st_size for k, v in a["files"].items()}
         sizes.update({p.name: p.stat().st_size for p in args.engines if p.is_file()})
-        rows = cpu_rows(a, args.batch_sizes, args.runs)
-        rows += cuda_rows(a["fp32"], args.batch_sizes, args.runs)
-        rows += tensorrt_rows(args.engines, args.batch_sizes, args.runs)
-        memory = peak_memory({**a["files"], "arch": args.arch})
+        chw = tuple(args.input_size)
+        rows = cpu_rows(a, args.batch_sizes, args.runs, chw)
+        rows += cuda_rows(a["fp32"], args.batch_sizes, args.runs, chw)
+        rows += tensorrt_rows(args.engines, args.batch_sizes, args.runs, chw)
+        memory = peak_memory({**a["files"], "arch": args.arch}, chw)
     env = environment()
     result = {"rows": rows, "int8_over_fp32": ratios(rows), "memory": memory, "file_sizes_bytes": sizes,
-              "reference_scheme": a["reference_note"] or "runs on this build", "environment": env}
+              "reference_scheme": a["reference_note"] or "runs on this build", "input_size": list(args.input_size),
+              "environment": env}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.output_dir / "benchmark.json", result)
     table = markdown(rows, memory, sizes, env)

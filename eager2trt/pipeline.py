@@ -41,7 +41,7 @@ from .graph.lint import lint, performance_summary
 from .graph.onnx_utils import load_onnx
 from .graph.placement import make_fast, with_high_precision
 from .inputs import check_batches, check_int8_model, check_pipeline_arguments
-from .graph.surgery import make_tensorrt_ready
+from .graph.surgery import ExactRefused, make_tensorrt_ready
 from .runtime.backends import OnnxRunner, PyTorchRunner, accuracy_of, logits
 from .runtime.inputs import onnx_input_shape, peek, random_batches
 
@@ -80,6 +80,7 @@ class Graph:
     high_precision: str = "fp32"
     path: Optional[Path] = None
     refused: Optional[str] = None
+    refused_kind: Optional[str] = None  # the exact rewrite's ExactRefused.kind (e.g. "fixed-qparams"), when refused
     report: dict = field(default_factory=dict)
     performance: dict = field(default_factory=dict)
     checks: list = field(default_factory=list)
@@ -89,7 +90,7 @@ class Graph:
 
     def record(self) -> dict:
         return {"mode": self.mode, "high_precision": self.high_precision, "output": str(self.path) if self.path else None,
-                "refused": self.refused, **self.report, "performance": self.performance, "accuracy": self.accuracy,
+                "refused": self.refused, "refused_kind": self.refused_kind, **self.report, "performance": self.performance, "accuracy": self.accuracy,
                 "checks": {c.name: c.as_dict() for c in self.checks}}
 
 
@@ -132,6 +133,9 @@ def make_graph(export: onnx.ModelProto, mode: str, high_precision: str = "fp32",
         else:
             fast32, graph.report = make_fast(export, allow_fp32=allow_fp32)
             graph.model = with_high_precision(fast32, graph.report, high_precision)
+    except ExactRefused as exc:
+        graph.refused, graph.refused_kind = str(exc), exc.kind
+        return graph
     except PipelineError as exc:
         graph.refused = str(exc)
         return graph

@@ -244,7 +244,7 @@ def test_resnet_tensorrt_without_a_pytorch_record_fails_in_one_sentence(tmp_path
 
 @pytest.mark.parametrize("module", ["eager2trt.cli.quantize", "eager2trt.cli.surgery", "eager2trt.cli.validate",
                                     "eager2trt.cli.fp16", "eager2trt.cli.layer_info", "bench.latency", "bench.train_speed",
-                                    "bench.anchors", "bench.engines", "bench.main_job"])
+                                    "bench.anchors", "bench.engines", "bench.main_job", "bench.generality"])
 def test_every_flag_shows_its_default_in_help(module):
     """ArgumentDefaultsHelpFormatter adds '(default: X)' only to flags that have help text."""
     import argparse

@@ -107,6 +107,9 @@ def test_exact_refusal_is_recorded_and_the_fast_graph_still_made(tmp_path):
     model = variance_preserving_init(build_model("mobilenet_v3_large")).eval()
     result = quantize_to_tensorrt(model, [torch.randn(4, 3, 64, 64) for _ in range(2)], tmp_path)
     assert "zero point" in result.graphs["exact"].refused and result.graphs["exact"].path is None
+    exact = result.graphs["exact"]  # the machine-readable kind is kept along with the sentence
+    assert exact.refused_kind == "fixed-qparams" and exact.record()["refused_kind"] == "fixed-qparams"
+    assert result.graphs["fast"].refused_kind is None and result.graphs["fast"].record()["refused_kind"] is None
     assert not result.paths.int8_onnx_modified.exists() and result.paths.int8_onnx_fast.exists()
     assert all(c.passed for c in result.graphs["fast"].checks)
     assert any("exact graph not made" in n for n in result.notes)
