@@ -210,6 +210,17 @@ def test_fallback_that_cannot_reach_the_budget_fails_its_check(studied):
         fb.fallback(s, report, -1.0)
 
 
+def test_fallback_never_keeps_every_layer_in_float(studied, monkeypatch):
+    # a budget nothing reaches walks the whole ranking; keeping every layer would leave no Q/DQ at all (the FP32
+    # model, which the exact surgery refuses): the search stops one short and reports the budget missed
+    _, _, report, s = studied
+    never = sens.Measurement(score=-1.0, error=1.0, agreement=0.0)
+    monkeypatch.setattr(s.evaluator, "measure", lambda model: never)
+    result = fb.fallback(s, report, 0.0, prune=False, progress=False)
+    assert not result.reached and len(result.kept) == len(s.layers) - 1
+    assert any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)
+
+
 def test_extra_layers_count_the_reformats_around_a_float_conv(graphs):
     model = make_tensorrt_ready(onnx.load(str(graphs[1])))[0]
     g = gs.import_onnx(model)

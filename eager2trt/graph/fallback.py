@@ -151,7 +151,8 @@ def greedy_layers(s: Study, ranking: list[Layer], budget: float, max_layers: Opt
     measurement, reached, steps)."""
     target = s.reference.score - budget / 100.0
     kept, current, steps = [], s.int8, []
-    limit = len(ranking) if max_layers is None else min(max_layers, len(ranking))
+    # never every layer: that graph has no Q/DQ left (it is the FP32 model, and the exact surgery refuses it)
+    limit = len(ranking) - 1 if max_layers is None else min(max_layers, len(ranking) - 1)
     bar = tqdm(total=limit, desc="fallback", unit="layer", disable=not progress, leave=False)
     for layer in ranking[:limit]:
         if _within(current, target):
