@@ -57,7 +57,7 @@ from eager2trt.runtime.timing import environment
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=("train", "evaluate", "qat", "modelopt", "report"))
+    p.add_argument("stage", choices=("train", "evaluate", "fallback", "qat", "modelopt", "report"))
     p.add_argument("results", nargs="*", type=Path, help="report: the per-model JSON files")
     p.add_argument("--arch", choices=ARCHS, help="train/evaluate: the model (default: none)")
     p.add_argument("--data-dir", type=Path, default=Path("/root/cifar10"), help="CIFAR-10 (default: /root/cifar10)")
@@ -170,7 +170,7 @@ def evaluate_stage(args) -> None:
     record["graph"] = graph_row(exported, batches, labels, int8_logits[method], fp32_logits, args.threads)
     record["fast_graph"] = fast_row(exported, batches, labels, args.threads)
     write_json(path, record)
-    if record["graph"].get("test_accuracy", 0.0) < record["fp32_accuracy"] - args.budget / 100:
+    if "test_accuracy" in record["graph"] and record["graph"]["test_accuracy"] < record["fp32_accuracy"] - args.budget / 100:
         images = hold_batches[:max(1, args.fallback_images // 250)]  # batches of 250
         record["fallback"] = fallback_row(exported, fp32_onnx, images, batches, labels, args)
         write_json(path, record)
@@ -217,6 +217,24 @@ def fallback_row(exported, fp32_onnx, hold_batches: list, batches: list, labels:
             "test_accuracy": accuracy(graph, labels), "extra_layers": fb.extra_layers,
             "ranking": [{"layer": u.label if hasattr(u, "label") else u.name, "gain": u.gain} for u in report.layers[:10]],
             "evaluations": s.evaluator.runs, "seconds": time.perf_counter() - t0}
+
+
+def fallback_stage(args) -> None:
+    """The fallback alone, for a model whose evaluate run stopped before it: auto's method from A.json, the same
+    calibration images; writes A_fallback.json (report uses it where A.json has no fallback)."""
+    c = setup(args)
+    record = json.loads((args.out / f"{args.arch}.json").read_text())
+    method = record["auto"]["method"]
+    prepared = prepare_for(c["fused"], calibration="auto", auto_methods=METHODS)
+    calibrate(prepared, c["calib_batches"], desc=f"{args.arch}: calibrating")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_onnx = load_onnx(export_onnx(c["fp32"], Path(tmp) / "fp32.onnx", c["batches"][0]))
+        exported = load_onnx(export_onnx(convert_copy(prepared, method), Path(tmp) / "int8.onnx", c["batches"][0]))
+    images = c["hold_batches"][:max(1, args.fallback_images // 250)]
+    row = fallback_row(exported, fp32_onnx, images, c["batches"], c["labels"], args)
+    write_json(args.out / f"{args.arch}_fallback.json", {"arch": args.arch, "method": method, "fallback": row,
+                                                          "environment": environment()})
+    print(f"{args.arch} fallback: {row['test_accuracy']:.4f} with {len(row['kept'])} layers in float", flush=True)
 
 
 def qat_stage(args) -> None:
@@ -270,13 +288,15 @@ def merged(paths: list) -> list:
         stem = p.stem
         if stem.endswith("_train"):
             continue
-        part = next((k for k in ("qat", "modelopt") if stem.endswith("_" + k)), None)
+        part = next((k for k in ("qat", "modelopt", "fallback") if stem.endswith("_" + k)), None)
         record = json.loads(p.read_text())
-        if part:
+        if part == "fallback":  # the fallback stage's row, measured where its environment says
+            extra.setdefault(record["arch"], {})[part] = {**record["fallback"], "environment": record["environment"]}
+        elif part:
             extra.setdefault(record["arch"], {})[part] = record
         else:
             rows[record["arch"]] = record
-    return [{**r, **extra.get(arch, {})} for arch, r in rows.items()]
+    return [{**r, **{k: v for k, v in extra.get(arch, {}).items() if k not in r}} for arch, r in rows.items()]
 
 
 def report_stage(args) -> None:
@@ -342,7 +362,8 @@ def markdown(rows: list, notes: list = ()) -> str:
 
 def main(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    {"train": train_stage, "evaluate": evaluate_stage, "qat": qat_stage, "modelopt": modelopt_stage,
+    {"train": train_stage, "evaluate": evaluate_stage, "fallback": fallback_stage, "qat": qat_stage,
+     "modelopt": modelopt_stage,
      "report": report_stage}[args.stage](args)
 
 

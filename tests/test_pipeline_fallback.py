@@ -197,8 +197,27 @@ def test_resnet_torch_refuses_qat_epochs_below_one(tmp_path, capsys):
 def test_resnet_torch_help_lists_fallback_and_qat():
     from eager2trt.cli import quantize
 
-    text = quantize.get_args_parser().format_help()
-    assert "--fallback" in text and "--qat-epochs" in text and "percentile when it is auto" in text
+    text = " ".join(quantize.get_args_parser().format_help().split())
+    assert "--fallback" in text and "--qat-epochs" in text and "the method auto chooses for PTQ" in text
     args = quantize.get_args_parser().parse_args(["--fallback", "--qat-epochs", "2", "--checkpoint", "x.pt"])
     opts = quantize.options(args)
     assert opts.fallback and opts.qat_epochs == 2
+
+
+def test_qat_starts_from_the_calibration_auto_chooses_for_ptq():
+    # auto chooses among converted PTQ models; QAT takes that choice (one PTQ pass) so that its ranges start
+    # where PTQ is best on the held-out images; an explicit method is taken as given, without a PTQ pass
+    from eager2trt.eager.calibration import AUTO_METHODS, calibrate, choose_calibration
+    from eager2trt.eager.model import fuse
+    from eager2trt.eager.quantize import prepare_for
+    from eager2trt.jobs import JobOptions, qat_method
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    holdout = labelled(model, 1, seed=8)
+    opts = JobOptions(quantization=QuantizeConfig(calibration="auto"))
+    method = qat_method(model, calibration(), holdout, opts)
+    prepared = prepare_for(fuse(model, SHAPE)[0], calibration="auto")
+    calibrate(prepared, calibration())
+    assert method in AUTO_METHODS and method == choose_calibration(prepared, *holdout)[0]
+    assert qat_method(None, [], None, JobOptions(quantization=QuantizeConfig(calibration="entropy"))) == "entropy"

@@ -64,8 +64,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"{contract.INT8_ONNX_FALLBACK}, held to FP32 within the budget on the test images")
     p.add_argument("--qat-epochs", type=int, default=None,
                    help="quantization-aware fine-tuning for this many epochs (1 or more; CUDA when available) "
-                        "instead of post-training calibration; QAT's observers use --calibration, or percentile "
-                        "when it is auto; unset: post-training quantization")
+                        "instead of post-training calibration; QAT's observers use --calibration, or for auto the "
+                        "method auto chooses for PTQ; unset: post-training quantization")
     p.add_argument("--high-precision", default="fp32", choices=HIGH_PRECISIONS,
                    help="type of the fast graph's scales, biases and non-INT8 compute")
     p.add_argument("--no-fast-graph", action="store_true", help="write only the exact TensorRT-ready graph")
