@@ -105,7 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=2, help="batch size of the calibration batches")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--output-dir", type=Path, default=Path("bench/results"), help="where the table and JSON go")
-    p.add_argument("--name", default="generality_cpu2", help="file stem of the .json and .md written")
+    p.add_argument("--name", default="generality", help="file stem of the .json and .md written")
     return p
 
 

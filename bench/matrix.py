@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from anchors import run_modelopt  # bench/ is sys.path[0] when run as a script
-from eager2trt.artifacts import save_torch, write_json
+from eager2trt.artifacts import atomic_path, save_torch, write_json
 from eager2trt.checks.agreement import distance_ratio
 from eager2trt.checks.compare import argmax_agreement, relative_distance
 from eager2trt.runtime.backends import as_runner, logits
@@ -75,6 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="evaluate: held-out training images the fallback chooses on (default: 500)")
     p.add_argument("--qat-epochs", type=int, default=3, help="qat: fine-tuning epochs (default: 3)")
     p.add_argument("--train-subset", type=int, default=None, help="qat: training images per epoch (default: all)")
+    p.add_argument("--modelopt-methods", nargs="+", default=["max", "entropy"], choices=("max", "entropy"),
+                   help="modelopt: calibration methods (default: max entropy)")
     p.add_argument("--modelopt-python", default=sys.executable,
                    help="modelopt: python of the venv with nvidia-modelopt[onnx] (default: this one)")
     p.add_argument("--note", action="append", default=[], help="report: a line added under the table (repeatable)")
@@ -268,11 +270,13 @@ def modelopt_stage(args) -> None:
     c = setup(args)
     path = args.out / f"{args.arch}_modelopt.json"
     record = {"arch": args.arch, "test_images": len(c["test"]), "methods": {}, "environment": environment()}
+    if path.exists():  # another run's methods are kept: each method is one call
+        record["methods"] = json.loads(path.read_text()).get("methods", {})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fp32_onnx = export_onnx(c["fp32"], work / "fp32.onnx", c["batches"][0])
         np.save(work / "calib.npy", torch.cat(c["calib_batches"]).numpy())
-        for method in ("max", "entropy"):
+        for method in args.modelopt_methods:
             out = work / f"modelopt_{method}.onnx"
             seconds = run_modelopt(args.modelopt_python, fp32_onnx, work / "calib.npy", method, "fp32", out)
             graph = scores(load_onnx(out), c["batches"], args.threads)
@@ -302,9 +306,10 @@ def merged(paths: list) -> list:
 def report_stage(args) -> None:
     """Merge per-model JSON into OUTPUT.json and a markdown table OUTPUT.md; print the table."""
     rows = merged(args.results)
-    table = markdown(rows, args.note)
+    table = "## Summary (points below FP32)\n\n" + summary(rows) + "\n## Every column\n\n" + markdown(rows, args.note)
     write_json(args.output.with_suffix(".json"), {"command": " ".join(sys.argv), "notes": args.note, "models": rows})
     args.output.with_suffix(".md").write_text(table)
+    plot(rows, args.output.with_suffix(".png"))
     print(table)
 
 
@@ -320,6 +325,64 @@ def tensorrt_ready(r: dict) -> dict:
     mo = (r.get("modelopt") or {}).get("methods", {})
     out.update({f"modelopt_{m}": v.get("test_accuracy") for m, v in mo.items()})
     return out
+
+
+BARS = (("FP32", None), ("PTQ auto, exact graph", "exact"), ("PTQ auto, fast graph", "fast"),
+        ("fallback graph", "fallback"), ("QAT, exact graph", "qat"), ("ModelOpt max", "modelopt_max"),
+        ("ModelOpt entropy", "modelopt_entropy"))
+
+
+def plot(rows: list, path: Path) -> Path:
+    """Points below FP32 of each way to a TensorRT-ready graph, per model (missing bars: not run or not needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.8 / (len(BARS) - 1)
+    for i, (label, key) in enumerate(BARS[1:]):
+        xs, ys = [], []
+        for j, r in enumerate(rows):
+            value = tensorrt_ready(r).get(key)
+            if value is not None:
+                xs.append(j + (i - (len(BARS) - 2) / 2) * width)
+                ys.append(max(100 * (value - r["fp32_accuracy"]), -30.0))  # clipped: the collapses read as -30
+        ax.bar(xs, ys, width, label=label, color=f"C{i}")
+    ax.axhline(-1.0, color="red", ls="--", lw=0.8, label="budget (-1 point)")
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_xticks(range(len(rows)), [r["arch"] for r in rows], rotation=15)
+    ax.set_ylabel("top-1 minus FP32 (points, clipped at -30)")
+    ax.set_title("CIFAR-10, 30-epoch models: TensorRT-ready INT8 graphs against FP32")
+    ax.legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _points(value: Optional[float], fp32: float, extra: str = "") -> str:
+    return "-" if value is None else f"{100 * (value - fp32):+.2f}{extra}"
+
+
+def summary(rows: list, budget: float = 1.0) -> str:
+    """The README's table: points below FP32 of each TensorRT-ready graph, and the best of ours within budget."""
+    head = ["model", "FP32", "PTQ auto, exact", "PTQ auto, fast", "fallback (layers in float)", "QAT", "ModelOpt max",
+            "ModelOpt entropy", "within 1 point"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        f, t = r["fp32_accuracy"], tensorrt_ready(r)
+        fb, qat = r.get("fallback"), r.get("qat")
+        ours = {k: v for k, v in t.items() if v is not None and not k.startswith("modelopt")}
+        best = max(ours, key=ours.get) if ours else None
+        ok = best is not None and ours[best] >= f - budget / 100
+        cells = [r["arch"], f"{f:.4f}", _points(t["exact"], f) if t["exact"] is not None else "refused",
+                 _points(t["fast"], f), _points(t["fallback"], f, f" ({len(fb['kept'])}/{fb['layers']})") if fb
+                 else "not needed", _points(t["qat"], f, f" ({qat['qat_epochs']} ep)") if qat else "-",
+                 _points(t.get("modelopt_max"), f), _points(t.get("modelopt_entropy"), f),
+                 f"{'yes' if ok else '**no**'} ({best})" if best else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list, notes: list = ()) -> str:

@@ -18,3 +18,43 @@ def test_latency_benchmark_writes_table_json_and_chart(tmp_path):
     assert set(result["memory"]) == {"FP32", "INT8"} and result["file_sizes_bytes"]["int8_onnx"] > 1e6
     assert result["int8_over_fp32"] and (tmp_path / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
     assert proc.stdout.rstrip().splitlines()[-1].startswith("| ")  # the table is printed last
+
+
+def _matrix_records(tmp_path):
+    """Hand-made per-stage JSON of two models, as bench/matrix.py's stages write them."""
+    env = {"gpu": "test GPU", "cpu": "test CPU", "torch": "x", "onnxruntime": "y"}
+    methods = {m: {"holdout_accuracy": 0.5, "test_accuracy": 0.5} for m in
+               ("minmax", "percentile", "entropy", "mse", "histogram")}
+    graph = {"test_accuracy": 0.60, "argmax_agreement_with_pytorch": 0.9, "distance_ratio": 0.2}
+    files = {
+        "a.json": {"arch": "a", "fp32_accuracy": 0.70, "methods": methods, "auto": {"method": "entropy",
+                   "test_accuracy": 0.60}, "graph": graph, "fast_graph": {"test_accuracy": 0.61},
+                   "engine": "qnnpack", "calib_images": 8, "holdout_images": 4, "test_images": 4, "threads": 2,
+                   "environment": env, "training": {"epochs": [{}, {}]}},
+        "a_qat.json": {"arch": "a", "qat_epochs": 3, "graph": {"test_accuracy": 0.695}},
+        "a_fallback.json": {"arch": "a", "environment": env, "fallback": {"kept": ["x"], "layers": 9,
+                                                                          "test_accuracy": 0.68}},
+        "a_modelopt.json": {"arch": "a", "methods": {"max": {"test_accuracy": 0.5}}},
+        "b.json": {"arch": "b", "fp32_accuracy": 0.80, "methods": methods, "auto": {"method": "mse",
+                   "test_accuracy": 0.5}, "graph": {"refused": "fixed-qparams"}, "fast_graph": {"test_accuracy": 0.5},
+                   "environment": env},
+        "b_train.json": {"arch": "b"},
+    }
+    for name, record in files.items():
+        (tmp_path / name).write_text(json.dumps(record))
+    return sorted(tmp_path.glob("*.json"))
+
+
+def test_matrix_report_merges_the_stages_and_says_which_models_miss_the_budget(tmp_path):
+    paths = _matrix_records(tmp_path)
+    proc = run_script(ROOT / "bench" / "matrix.py", "report", *paths, "--output", tmp_path / "m")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "m.md").read_text()
+    a = next(line for line in md.splitlines() if line.startswith("| a | 0.7000"))
+    # a: exact -10, fast -9, fallback -2 with 1 of 9 layers, QAT -0.5 -> within budget by QAT; ModelOpt max -20
+    assert "-10.00" in a and "-2.00 (1/9)" in a and "-0.50 (3 ep)" in a and "-20.00" in a and "yes (qat)" in a
+    b = next(line for line in md.splitlines() if line.startswith("| b | 0.8000"))
+    assert "refused" in b and "**no** (fast)" in b  # fast -30 points, nothing else ran
+    merged = json.loads((tmp_path / "m.json").read_text())["models"]
+    assert [r["arch"] for r in merged] == ["a", "b"] and merged[0]["qat"]["qat_epochs"] == 3
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
