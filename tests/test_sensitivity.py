@@ -21,7 +21,7 @@ from eager2trt.graph import fallback as fb
 from eager2trt.graph import sensitivity as sens
 from eager2trt.graph.lint import lint, passed
 from eager2trt.graph.surgery import make_tensorrt_ready
-from graph_checks import ort_equivalence as equivalence
+from graph_checks import onnx_logits, ort_equivalence as equivalence
 
 SHAPE = (3, 32, 32)  # quantize() checks the converted model on one 32x32 image
 OUTLIER = 1000.0
@@ -121,16 +121,46 @@ def test_fp32_weights_are_matched_by_shape_and_value_not_by_name(graphs):
     fp32, int8 = (onnx.load(str(p)) for p in graphs)
     g = gs.import_onnx(sens.prepare(int8))
     found, missing = sens.match_fp32_weights(g, fp32)
-    assert missing == [] and len(found) == 3
+    weights = {k: v for k, v in found.items() if not k.endswith(":bias")}
+    assert missing == [] and len(weights) == 3
     for dq in sens.weight_dequantizers(g):
         step = np.abs(dq.inputs[1].values).max()
         assert np.abs(found[dq.outputs[0].name] - sens.dequantized(dq)).max() <= 0.51 * step
+    # each matched weight brings its node's float bias: the FP32 ONNX's own values
+    fp_biases = [np.asarray(n.inputs[2].values) for n in gs.import_onnx(fp32).nodes
+                 if n.op in ("Conv", "Gemm") and len(n.inputs) > 2 and isinstance(n.inputs[2], gs.Constant)]
+    got = [found[sens.bias_key(k)] for k in weights if sens.bias_key(k) in found]
+    assert len(got) == len(fp_biases) > 0
+    assert all(any(b.shape == f.shape and np.array_equal(b, f) for f in fp_biases) for b in got)
     perturbed = onnx.load(str(graphs[0]))
     init = max(perturbed.graph.initializer, key=lambda t: len(t.dims) == 4 and t.dims[1] == 8)  # conv2's weight
     w = onnx.numpy_helper.to_array(init) + 1.0  # more than half a step away everywhere
     init.CopyFrom(onnx.numpy_helper.from_array(w.astype(np.float32), init.name))
     found, missing = sens.match_fp32_weights(g, perturbed)
-    assert len(missing) == 1 and len(found) == 2
+    assert len(missing) == 1 and len([k for k in found if not k.endswith(":bias")]) == 2
+
+
+def test_every_layer_in_float_computes_the_fp32_graph(tmp_path):
+    # weights and biases back from the FP32 ONNX: the INT8 export's biases are rounded to the int32 step (input
+    # scale x weight scale), so a "float" layer that kept them would not compute what FP32 computes. Large
+    # weights (as BatchNorm folding makes them in depthwise convolutions) make that step visible.
+    m = tiny_model()
+    with torch.no_grad():
+        m.conv2.weight.mul_(40.0)
+        m.conv2.bias.add_(torch.linspace(0.1, 0.9, m.conv2.bias.numel()))
+    fused, _ = fuse(m, input_shape=SHAPE)
+    gen = torch.Generator().manual_seed(1)
+    int8 = quantize(fused, [torch.randn(16, *SHAPE, generator=gen) for _ in range(2)], calibration="minmax")
+    example = torch.randn(1, *SHAPE)
+    fp32, int8 = (onnx.load(str(export_onnx(model, tmp_path / f"{name}.onnx", example=example)))
+                  for name, model in (("fp32", m), ("int8", int8)))
+    prepared = sens.prepare(int8)
+    g = gs.import_onnx(prepared)
+    found, _ = sens.match_fp32_weights(g, fp32)
+    floated = sens.with_float_layers(prepared, sens.find_layers(g), found)
+    batches = inputs(64)
+    ref, got = onnx_logits(fp32, batches), onnx_logits(floated, batches)
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()  # measured 0; the rounded biases: 1e-2
 
 
 def test_a_graph_without_qdq_is_refused(graphs):
