@@ -300,7 +300,7 @@ def merged(paths: list) -> list:
             extra.setdefault(record["arch"], {})[part] = record
         else:
             rows[record["arch"]] = record
-    return [{**r, **{k: v for k, v in extra.get(arch, {}).items() if k not in r}} for arch, r in rows.items()]
+    return [{**r, **extra.get(arch, {})} for arch, r in rows.items()]  # a stage run later wins (fallback rerun)
 
 
 def report_stage(args) -> None:
