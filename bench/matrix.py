@@ -170,7 +170,7 @@ def evaluate_stage(args) -> None:
         fp32_onnx = load_onnx(export_onnx(fp32, Path(tmp) / "fp32.onnx", batches[0]))
         exported = load_onnx(export_onnx(convert_copy(prepared, method), Path(tmp) / "int8.onnx", batches[0]))
     record["graph"] = graph_row(exported, batches, labels, int8_logits[method], fp32_logits, args.threads)
-    record["fast_graph"] = fast_row(exported, batches, labels, args.threads)
+    record["fast_graph"] = fast_row(exported, fp32_onnx, batches, labels, args.threads)
     write_json(path, record)
     if "test_accuracy" in record["graph"] and record["graph"]["test_accuracy"] < record["fp32_accuracy"] - args.budget / 100:
         images = hold_batches[:max(1, args.fallback_images // 250)]  # batches of 250
@@ -196,9 +196,10 @@ def graph_row(exported, batches: list, labels: np.ndarray, pt: np.ndarray, fp32:
             "graph_vs_fp32_relative": relative_distance(graph, fp32), "seconds": time.perf_counter() - t0}
 
 
-def fast_row(exported, batches: list, labels: np.ndarray, threads: int) -> dict:
-    """The fast graph (FP32 high precision): its accuracy and predicted unfused layers, or why it was refused."""
-    g = make_graph(exported, "fast")
+def fast_row(exported, fp32_onnx, batches: list, labels: np.ndarray, threads: int) -> dict:
+    """The fast graph (FP32 high precision, the FP32 biases): its accuracy and predicted unfused layers, or why it
+    was refused."""
+    g = make_graph(exported, "fast", fp32=fp32_onnx)
     if g.model is None:
         return {"refused": g.refused}
     graph = scores(g.model, batches, threads)

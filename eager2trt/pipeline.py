@@ -37,6 +37,7 @@ from .eager.export import export_onnx, export_torchscript
 from .eager.model import fuse
 from .eager.quantize import quantize
 from .errors import PipelineError
+from .graph.biases import restore_float_biases
 from .graph.lint import lint, performance_summary
 from .graph.onnx_utils import load_onnx
 from .graph.placement import make_fast, with_high_precision
@@ -124,14 +125,18 @@ def fusion_check(fp32: torch.nn.Module, image_shape: tuple) -> tuple[torch.nn.Mo
                         detail="fused vs unfused FP32 model, max abs difference on 4 random inputs")
 
 
-def make_graph(export: onnx.ModelProto, mode: str, high_precision: str = "fp32", allow_fp32: bool = False) -> Graph:
-    """Rewrite an INT8 export into the exact or fast TensorRT-ready graph; a refused rewrite is recorded, not raised."""
+def make_graph(export: onnx.ModelProto, mode: str, high_precision: str = "fp32", allow_fp32: bool = False,
+               fp32: Optional[onnx.ModelProto] = None) -> Graph:
+    """Rewrite an INT8 export into the exact or fast TensorRT-ready graph; a refused rewrite is recorded, not raised.
+    With the FP32 ONNX `fp32`, the fast graph's biases are its unrounded values (graph/biases.py)."""
     graph = Graph(mode, high_precision)
     try:
         if mode == "exact":
             graph.model, graph.report = make_tensorrt_ready(export, allow_fp32=allow_fp32)
         else:
             fast32, graph.report = make_fast(export, allow_fp32=allow_fp32)
+            if fp32 is not None:
+                fast32, graph.report["rewrites"]["float_biases"] = restore_float_biases(fast32, fp32)
             graph.model = with_high_precision(fast32, graph.report, high_precision)
     except ExactRefused as exc:
         graph.refused, graph.refused_kind = str(exc), exc.kind
@@ -283,7 +288,7 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
 
     graphs = {"exact": make_graph(export, "exact")}
     if fast:
-        graphs["fast"] = make_graph(export, "fast", fast)
+        graphs["fast"] = make_graph(export, "fast", fast, fp32=load_onnx(paths.fp32_onnx))
     reference = (accuracy["int8"], f"PyTorch INT8 ({engine})") if accuracy else None
     for g in graphs.values():
         run_graph(g, inputs)
@@ -447,7 +452,8 @@ def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision
     if mode not in MODES:
         raise PipelineError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     original = load_onnx(source)
-    graph = make_graph(original, mode, high_precision, allow_fp32)
+    graph = make_graph(original, mode, high_precision, allow_fp32,
+                       fp32=load_onnx(fp32_onnx) if fp32_onnx is not None and mode == "fast" else None)
     if graph.refused is not None:
         raise PipelineError(graph.refused)
     if verify:

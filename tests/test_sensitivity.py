@@ -140,10 +140,9 @@ def test_fp32_weights_are_matched_by_shape_and_value_not_by_name(graphs):
     assert len(missing) == 1 and len([k for k in found if not k.endswith(":bias")]) == 2
 
 
-def test_every_layer_in_float_computes_the_fp32_graph(tmp_path):
-    # weights and biases back from the FP32 ONNX: the INT8 export's biases are rounded to the int32 step (input
-    # scale x weight scale), so a "float" layer that kept them would not compute what FP32 computes. Large
-    # weights (as BatchNorm folding makes them in depthwise convolutions) make that step visible.
+def large_weight_graphs(tmp_path):
+    """(FP32, INT8) ONNX models of the tiny CNN with large conv2 weights (as BatchNorm folding makes them in
+    depthwise convolutions), so that the int32 bias step (input scale x weight scale) is visible."""
     m = tiny_model()
     with torch.no_grad():
         m.conv2.weight.mul_(40.0)
@@ -152,8 +151,14 @@ def test_every_layer_in_float_computes_the_fp32_graph(tmp_path):
     gen = torch.Generator().manual_seed(1)
     int8 = quantize(fused, [torch.randn(16, *SHAPE, generator=gen) for _ in range(2)], calibration="minmax")
     example = torch.randn(1, *SHAPE)
-    fp32, int8 = (onnx.load(str(export_onnx(model, tmp_path / f"{name}.onnx", example=example)))
-                  for name, model in (("fp32", m), ("int8", int8)))
+    return tuple(onnx.load(str(export_onnx(model, tmp_path / f"{name}.onnx", example=example)))
+                 for name, model in (("fp32", m), ("int8", int8)))
+
+
+def test_every_layer_in_float_computes_the_fp32_graph(tmp_path):
+    # weights and biases back from the FP32 ONNX: the INT8 export's biases are rounded to the int32 step, so a
+    # "float" layer that kept them would not compute what FP32 computes
+    fp32, int8 = large_weight_graphs(tmp_path)
     prepared = sens.prepare(int8)
     g = gs.import_onnx(prepared)
     found, _ = sens.match_fp32_weights(g, fp32)
@@ -309,3 +314,25 @@ def test_cli_refuses_an_fp32_graph_as_input(graphs, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "has no QuantizeLinear/DequantizeLinear nodes (an FP32 model?)" in proc.stderr
     assert not (tmp_path / "sensitivity.json").exists()
+
+
+def test_fast_graph_carries_the_fp32_biases(tmp_path):
+    # TensorRT reads a Conv's bias as a float constant: the fast graph carries the unrounded FP32 values, which
+    # brings it closer to FP32 than the export's rounded biases do
+    from eager2trt.graph.biases import restore_float_biases
+    from eager2trt.pipeline import make_graph
+
+    fp32, int8 = large_weight_graphs(tmp_path)
+    rounded, floated = make_graph(int8, "fast"), make_graph(int8, "fast", fp32=fp32)
+    assert floated.report["rewrites"]["float_biases"] == 3 and "float_biases" not in rounded.report["rewrites"]
+    fp_biases = sorted((tuple(n.inputs[2].shape), n.inputs[2].values.tobytes()) for n in gs.import_onnx(fp32).nodes
+                       if n.op in ("Conv", "Gemm"))
+    got = sorted((tuple(n.inputs[2].shape), n.inputs[2].values.tobytes()) for n in gs.import_onnx(floated.model).nodes
+                 if n.op in ("Conv", "Gemm"))
+    assert got == fp_biases
+    assert passed(lint(floated.model, performance="error"))
+    batches = inputs(64)
+    ref = onnx_logits(fp32, batches)
+    err = {k: np.abs(onnx_logits(g.model, batches) - ref).mean() for k, g in (("rounded", rounded), ("float", floated))}
+    assert err["float"] < err["rounded"]
+    assert restore_float_biases(floated.model, fp32)[1] == 3  # idempotent: the same values again

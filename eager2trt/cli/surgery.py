@@ -38,8 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="fast mode: type of scales, biases and non-INT8 compute (fp16: opset 19, float32 I/O kept)")
     p.add_argument("--data-dir", type=Path, help="also check on the real CIFAR-10 test images (exact: equivalence; "
                                                  "fast: accuracy against PyTorch INT8)")
-    p.add_argument("--fp32", type=Path, help="fast mode without --data-dir: FP32 ONNX for the random-input error "
-                                             f"check (when omitted: {contract.FP32_ONNX} beside --input when it is named "
+    p.add_argument("--fp32", type=Path, help="fast mode: FP32 ONNX whose unrounded biases the fast graph carries, "
+                                             "and without --data-dir the reference of the random-input error check "
+                                             f"(when omitted: {contract.FP32_ONNX} beside --input when it is named "
                                              f"{contract.INT8_ONNX})")
     p.add_argument("--torchscript", type=Path, help="fast mode: PyTorch INT8 TorchScript, the accuracy reference "
                                                     f"(when omitted: {contract.INT8_TORCHSCRIPT} beside --input when it is "
@@ -107,7 +108,7 @@ def rewrite(args) -> pipeline.Graph:
         images, labels = [x for x, _ in iterate_batches(test, 500)], test.labels
         torchscript = beside_input(args, args.torchscript, contract.INT8_TORCHSCRIPT) if fast else None
         reference = jobs.pytorch_reference_logits(torchscript, test) if torchscript else None
-    fp32 = beside_input(args, args.fp32, contract.FP32_ONNX) if fast and images is None else None
+    fp32 = beside_input(args, args.fp32, contract.FP32_ONNX) if fast else None  # float biases; the error ratio
     if fp32 is not None:
         check_interface(load_onnx(fp32), num_classes=output_width(original), name=str(fp32))
     return pipeline.rewrite_onnx(args.input, output_path(args), args.mode, args.high_precision, images, labels,
