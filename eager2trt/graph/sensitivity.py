@@ -186,6 +186,23 @@ def bypass_activation_qdq(graph: gs.Graph, keys: set) -> int:
     return changed
 
 
+def replace_bias(weight: gs.Variable, bias: np.ndarray, name: str) -> int:
+    """Give each Conv/Gemm reading `weight` the constant bias `bias` (in its current bias's dtype where that is a
+    constant of the same shape); returns how many were replaced."""
+    changed = 0
+    for c in weight.outputs:
+        slot = BIAS_SLOT.get(c.op)
+        if slot is None or len(c.inputs) <= slot:
+            continue
+        old = c.inputs[slot]
+        if isinstance(old, gs.Constant) and tuple(old.values.shape) != bias.shape:
+            continue
+        dtype = np.asarray(old.values).dtype if isinstance(old, gs.Constant) else bias.dtype
+        c.inputs[slot] = gs.Constant(name, bias.astype(dtype))
+        changed += 1
+    return changed
+
+
 def float_weights(graph: gs.Graph, values: dict[str, np.ndarray]) -> int:
     """Replace each weight DQ whose output is a key of `values` by that float constant, and its consumer's bias
     by the float bias kept under bias_key() where there is one."""
@@ -193,11 +210,8 @@ def float_weights(graph: gs.Graph, values: dict[str, np.ndarray]) -> int:
     for dq in weight_dequantizers(graph):
         out = dq.outputs[0]
         if out.name in values:
-            bias = values.get(bias_key(out.name))
-            for c in out.outputs:
-                slot = BIAS_SLOT.get(c.op)
-                if bias is not None and slot is not None and len(c.inputs) > slot:
-                    c.inputs[slot] = gs.Constant(f"{out.name}_float_bias", bias)
+            if bias_key(out.name) in values:
+                replace_bias(out, values[bias_key(out.name)], f"{out.name}_float_bias")
             dq.outputs.clear()
             out.to_constant(values[out.name])
             changed += 1
