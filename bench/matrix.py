@@ -4,6 +4,7 @@
     python bench/matrix.py evaluate --arch mobilenet_v2 --out runs/  # CPU: runs/mobilenet_v2.json
     python bench/matrix.py qat --arch mobilenet_v2 --out runs/       # GPU: runs/mobilenet_v2_qat.json
     python bench/matrix.py modelopt --arch mobilenet_v2 --out runs/ --modelopt-python V/bin/python  # CPU
+    python bench/matrix.py graphs --arch mobilenet_v2 --out runs/    # CPU: fast graph and fallback again
     python bench/matrix.py report runs/*.json --output bench/results/matrix_h200
 
 evaluate: one calibration pass (RangeObserver with PyTorch's HistogramObserver inside) on a fixed random subset
@@ -18,8 +19,11 @@ qat: auto's method (chosen as evaluate does, without histogram), then eager2trt.
 --qat-epochs on the GPU from the FP32 checkpoint; PyTorch INT8 and its exact graph on the same test images.
 modelopt: NVIDIA ModelOpt's ONNX PTQ (max and entropy, FP32 high precision) of the same FP32 ONNX on the same
 calibration images (bench/anchors.run_modelopt; its own venv), scored in this environment's onnxruntime.
-Each stage rewrites its JSON, so an interrupted run keeps what it finished; report merges A.json, A_qat.json
-and A_modelopt.json per model.
+graphs: the fast graph and (when the exact graph is outside the budget) the fallback of auto's method again, for a
+model evaluated before they changed; A_graphs.json, whose rows the report uses over A.json's. The fast and the
+fallback graph carry the FP32 biases (graph/sensitivity.restore_float_biases), as the main job's do.
+Each stage rewrites its JSON, so an interrupted run keeps what it finished; report merges A.json, A_qat.json,
+A_modelopt.json and A_graphs.json per model.
 """
 
 import argparse
@@ -45,10 +49,11 @@ from eager2trt.eager.engines import select_engine
 from eager2trt.eager.export import export_onnx
 from eager2trt.eager.model import ARCHS, build_model, fuse, load_state_dict
 from eager2trt.eager.qat import qat_recipe, quantize_qat
-from eager2trt.eager.quantize import prepare_for, quantize
+from eager2trt.eager.quantize import prepare_for
 from eager2trt.graph.fallback import fallback
 from eager2trt.graph.sensitivity import analyze, study
-from eager2trt.pipeline import make_graph
+from eager2trt.jobs import qat_method
+from eager2trt.pipeline import QuantizeConfig, make_graph
 from eager2trt.eager.train import Recipe, seed_everything, train
 from eager2trt.errors import run_cli
 from eager2trt.graph.onnx_utils import load_onnx
@@ -57,7 +62,7 @@ from eager2trt.runtime.timing import environment
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=("train", "evaluate", "fallback", "qat", "modelopt", "report"))
+    p.add_argument("stage", choices=("train", "evaluate", "graphs", "qat", "modelopt", "report"))
     p.add_argument("results", nargs="*", type=Path, help="report: the per-model JSON files")
     p.add_argument("--arch", choices=ARCHS, help="train/evaluate: the model (default: none)")
     p.add_argument("--data-dir", type=Path, default=Path("/root/cifar10"), help="CIFAR-10 (default: /root/cifar10)")
@@ -71,8 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="qnnpack", help="evaluate: quantized CPU engine (default: qnnpack)")
     p.add_argument("--budget", type=float, default=1.0,
                    help="evaluate: points below FP32 beyond which the fallback runs (default: 1.0)")
-    p.add_argument("--fallback-images", type=int, default=500,
-                   help="evaluate: held-out training images the fallback chooses on (default: 500)")
+    p.add_argument("--fallback-images", type=int, default=1000,
+                   help="evaluate, graphs: held-out training images the fallback chooses on (default: 1000, all of "
+                        "them, as the main job's --fallback)")
     p.add_argument("--qat-epochs", type=int, default=3, help="qat: fine-tuning epochs (default: 3)")
     p.add_argument("--train-subset", type=int, default=None, help="qat: training images per epoch (default: all)")
     p.add_argument("--modelopt-methods", nargs="+", default=["max", "entropy"], choices=("max", "entropy"),
@@ -211,20 +217,21 @@ def fallback_row(exported, fp32_onnx, hold_batches: list, batches: list, labels:
     """Layers kept in float chosen on the held-out training images (never the test set); the graph scored on test."""
     t0 = time.perf_counter()
     s = study(exported, [x.numpy() for x, _ in hold_batches], np.concatenate([y.numpy() for _, y in hold_batches]),
-              fp32=fp32_onnx, threads=args.threads)
+              fp32=fp32_onnx, threads=args.threads, biases_from=fp32_onnx)  # as the main job's fallback
     report = analyze(s, alone_quantized=False, progress=False)
     fb = fallback(s, report, args.budget, progress=False)
     graph = scores(fb.model, batches, args.threads)
-    return {"kept": fb.kept, "layers": len(s.layers), "reached_on_holdout": fb.reached,
+    return {"kept": fb.kept, "layers": len(s.layers), "reached_on_holdout": fb.reached, "float_biases": s.float_biases,
+            "holdout_int8": s.int8.score,
             "holdout_score": fb.measurement.score, "holdout_reference": fb.reference_score,
             "test_accuracy": accuracy(graph, labels), "extra_layers": fb.extra_layers,
             "ranking": [{"layer": u.label if hasattr(u, "label") else u.name, "gain": u.gain} for u in report.layers[:10]],
             "evaluations": s.evaluator.runs, "seconds": time.perf_counter() - t0}
 
 
-def fallback_stage(args) -> None:
-    """The fallback alone, for a model whose evaluate run stopped before it: auto's method from A.json, the same
-    calibration images; writes A_fallback.json (report uses it where A.json has no fallback)."""
+def graphs_stage(args) -> None:
+    """The fast graph and the fallback again, for a model evaluated before either changed: auto's method from
+    A.json, the same calibration images; writes A_graphs.json, whose rows the report uses over A.json's."""
     c = setup(args)
     record = json.loads((args.out / f"{args.arch}.json").read_text())
     method = record["auto"]["method"]
@@ -233,37 +240,47 @@ def fallback_stage(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32_onnx = load_onnx(export_onnx(c["fp32"], Path(tmp) / "fp32.onnx", c["batches"][0]))
         exported = load_onnx(export_onnx(convert_copy(prepared, method), Path(tmp) / "int8.onnx", c["batches"][0]))
-    images = c["hold_batches"][:max(1, args.fallback_images // 250)]
-    row = fallback_row(exported, fp32_onnx, images, c["batches"], c["labels"], args)
-    write_json(args.out / f"{args.arch}_fallback.json", {"arch": args.arch, "method": method, "fallback": row,
-                                                          "environment": environment()})
-    print(f"{args.arch} fallback: {row['test_accuracy']:.4f} with {len(row['kept'])} layers in float", flush=True)
+    out = {"arch": args.arch, "method": method, "environment": environment(),
+           "fast_graph": fast_row(exported, fp32_onnx, c["batches"], c["labels"], args.threads)}
+    path = args.out / f"{args.arch}_graphs.json"
+    write_json(path, out)
+    exact = (record.get("graph") or {}).get("test_accuracy")
+    if exact is not None and exact < record["fp32_accuracy"] - args.budget / 100:
+        images = c["hold_batches"][:max(1, args.fallback_images // 250)]
+        out["fallback"] = fallback_row(exported, fp32_onnx, images, c["batches"], c["labels"], args)
+        write_json(path, out)
+    print(f"{args.arch} graphs: fast {out['fast_graph'].get('test_accuracy')}, fallback "
+          f"{(out.get('fallback') or {}).get('test_accuracy', 'not needed')}", flush=True)
 
 
 def qat_stage(args) -> None:
-    """QAT from the FP32 checkpoint (GPU when there is one), initialised from auto's calibration method."""
+    """QAT from the FP32 checkpoint (GPU when there is one), initialised from auto's calibration method (the
+    main job's jobs.qat_method); its exact graph (the export's rounded biases) and fast graph (the fine-tuned
+    float twin's unrounded biases, as the main job's)."""
     c = setup(args)
     path = args.out / f"{args.arch}_qat.json"
     t0 = time.perf_counter()
-    ptq = quantize(c["fused"], c["calib_batches"], calibration="auto", engine=c["engine"],
-                   holdout=([x for x, _ in c["hold_batches"]], [y for _, y in c["hold_batches"]]))
-    method = ptq.calibration_choice["method"]
+    method = qat_method(c["fp32"], c["calib_batches"], ([x for x, _ in c["hold_batches"]], [y for _, y in c["hold_batches"]]),
+                        QuantizeConfig(calibration="auto", engine=c["engine"]))
     record = {"arch": args.arch, "qat_epochs": args.qat_epochs, "calibration": method,
               "ptq_seconds": time.perf_counter() - t0, "test_images": len(c["test"]), "environment": environment()}
     write_json(path, record)
     t0 = time.perf_counter()
-    int8, history = quantize_qat(c["fp32"], c["calib_batches"], c["data"]["train"], c["test"], args.qat_epochs,
-                                 qat_recipe(args.qat_epochs, train_subset=args.train_subset), calibration=method,
-                                 engine=c["engine"])
-    record.update(qat_seconds=time.perf_counter() - t0, history=history.epochs)
-    pt = scores(int8, c["batches"])
+    run = quantize_qat(c["fp32"], c["calib_batches"], c["data"]["train"], c["test"], args.qat_epochs,
+                       qat_recipe(args.qat_epochs, train_subset=args.train_subset), calibration=method,
+                       engine=c["engine"])
+    record.update(qat_seconds=time.perf_counter() - t0, history=run.history.epochs)
+    pt = scores(run.int8, c["batches"])
     record["pytorch_int8_accuracy"] = accuracy(pt, c["labels"])
+    record["float_twin_accuracy"] = accuracy(scores(run.float_model, c["batches"]), c["labels"])
     with tempfile.TemporaryDirectory() as tmp:
-        exported = load_onnx(export_onnx(int8, Path(tmp) / "int8.onnx", c["batches"][0]))
+        exported = load_onnx(export_onnx(run.int8, Path(tmp) / "int8.onnx", c["batches"][0]))
+        twin = load_onnx(export_onnx(run.float_model, Path(tmp) / "twin.onnx", c["batches"][0]))
     record["graph"] = graph_row(exported, c["batches"], c["labels"], pt, scores(c["fp32"], c["batches"]), args.threads)
+    record["fast_graph"] = fast_row(exported, twin, c["batches"], c["labels"], args.threads)
     write_json(path, record)
-    print(f"{args.arch} qat: {record['pytorch_int8_accuracy']:.4f}, graph {record['graph'].get('test_accuracy')}",
-          flush=True)
+    print(f"{args.arch} qat: {record['pytorch_int8_accuracy']:.4f}, graph {record['graph'].get('test_accuracy')}, "
+          f"fast graph {record['fast_graph'].get('test_accuracy')}", flush=True)
 
 
 def modelopt_stage(args) -> None:
@@ -287,16 +304,18 @@ def modelopt_stage(args) -> None:
 
 
 def merged(paths: list) -> list:
-    """One record per model: A.json with A_qat.json and A_modelopt.json under "qat" and "modelopt"."""
+    """One record per model: A.json with A_qat.json and A_modelopt.json under "qat" and "modelopt", and
+    A_graphs.json's fast_graph and fallback over A.json's."""
     rows, extra = {}, {}
     for p in paths:
         stem = p.stem
         if stem.endswith("_train"):
             continue
-        part = next((k for k in ("qat", "modelopt", "fallback") if stem.endswith("_" + k)), None)
+        part = next((k for k in ("qat", "modelopt", "graphs") if stem.endswith("_" + k)), None)
         record = json.loads(p.read_text())
-        if part == "fallback":  # the fallback stage's row, measured where its environment says
-            extra.setdefault(record["arch"], {})[part] = {**record["fallback"], "environment": record["environment"]}
+        if part == "graphs":  # the graphs stage's rows, measured where its environment says
+            extra.setdefault(record["arch"], {}).update(
+                {k: {**record[k], "environment": record["environment"]} for k in ("fast_graph", "fallback") if k in record})
         elif part:
             extra.setdefault(record["arch"], {})[part] = record
         else:
@@ -322,14 +341,16 @@ def tensorrt_ready(r: dict) -> dict:
     """Each way to a TensorRT-ready graph and its test accuracy: PTQ exact/fast, fallback, QAT, ModelOpt."""
     out = {"exact": (r.get("graph") or {}).get("test_accuracy"), "fast": (r.get("fast_graph") or {}).get("test_accuracy"),
            "fallback": (r.get("fallback") or {}).get("test_accuracy"),
-           "qat": ((r.get("qat") or {}).get("graph") or {}).get("test_accuracy")}
+           "qat": ((r.get("qat") or {}).get("graph") or {}).get("test_accuracy"),
+           "qat_fast": ((r.get("qat") or {}).get("fast_graph") or {}).get("test_accuracy")}
     mo = (r.get("modelopt") or {}).get("methods", {})
     out.update({f"modelopt_{m}": v.get("test_accuracy") for m, v in mo.items()})
     return out
 
 
 BARS = (("FP32", None), ("PTQ auto, exact graph", "exact"), ("PTQ auto, fast graph", "fast"),
-        ("fallback graph", "fallback"), ("QAT, exact graph", "qat"), ("ModelOpt max", "modelopt_max"),
+        ("fallback graph", "fallback"), ("QAT, exact graph", "qat"), ("QAT, fast graph", "qat_fast"),
+        ("ModelOpt max", "modelopt_max"),
         ("ModelOpt entropy", "modelopt_entropy"))
 
 
@@ -368,7 +389,7 @@ def _points(value: Optional[float], fp32: float, extra: str = "") -> str:
 
 def summary(rows: list, budget: float = 1.0) -> str:
     """The README's table: points below FP32 of each TensorRT-ready graph, and the best of ours within budget."""
-    head = ["model", "FP32", "PTQ auto, exact", "PTQ auto, fast", "fallback (layers in float)", "QAT", "ModelOpt max",
+    head = ["model", "FP32", "PTQ auto, exact", "PTQ auto, fast", "fallback (layers in float)", "QAT (best graph)", "ModelOpt max",
             "ModelOpt entropy", "within 1 point"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -377,9 +398,10 @@ def summary(rows: list, budget: float = 1.0) -> str:
         ours = {k: v for k, v in t.items() if v is not None and not k.startswith("modelopt")}
         best = max(ours, key=ours.get) if ours else None
         ok = best is not None and ours[best] >= f - budget / 100
+        qat_best = max((v for k, v in t.items() if k.startswith("qat") and v is not None), default=None)
         cells = [r["arch"], f"{f:.4f}", _points(t["exact"], f) if t["exact"] is not None else "refused",
                  _points(t["fast"], f), _points(t["fallback"], f, f" ({len(fb['kept'])}/{fb['layers']})") if fb
-                 else "not needed", _points(t["qat"], f, f" ({qat['qat_epochs']} ep)") if qat else "-",
+                 else "not needed", _points(qat_best, f, f" ({qat['qat_epochs']} ep)") if qat else "-",
                  _points(t.get("modelopt_max"), f), _points(t.get("modelopt_entropy"), f),
                  f"{'yes' if ok else '**no**'} ({best})" if best else "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -389,6 +411,7 @@ def summary(rows: list, budget: float = 1.0) -> str:
 def markdown(rows: list, notes: list = ()) -> str:
     head = ["model", "epochs", "FP32"] + list(METHODS) + ["auto (method)", "exact graph", "agree", "dist ratio",
                                                           "fast graph", "fallback (kept)", "QAT exact graph",
+                                                          "QAT fast graph",
                                                           "ModelOpt max", "ModelOpt entropy", "best ours - FP32"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -403,7 +426,7 @@ def markdown(rows: list, notes: list = ()) -> str:
         fb = r.get("fallback")
         cells.append(f"{fb['test_accuracy']:.4f} ({len(fb['kept'])} of {fb['layers']})" if fb else "not needed")
         qat = r.get("qat")
-        cells.append(f"{_acc(qat.get('graph'))} ({qat['qat_epochs']} ep)" if qat else "-")
+        cells += [f"{_acc(qat.get('graph'))} ({qat['qat_epochs']} ep)", _acc(qat.get("fast_graph"))] if qat else ["-", "-"]
         mo = (r.get("modelopt") or {}).get("methods", {})
         cells += [_acc(mo.get("max")), _acc(mo.get("entropy"))]
         ours = [v for k, v in tensorrt_ready(r).items() if v is not None and not k.startswith("modelopt")]
@@ -426,7 +449,7 @@ def markdown(rows: list, notes: list = ()) -> str:
 
 def main(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    {"train": train_stage, "evaluate": evaluate_stage, "fallback": fallback_stage, "qat": qat_stage,
+    {"train": train_stage, "evaluate": evaluate_stage, "graphs": graphs_stage, "qat": qat_stage,
      "modelopt": modelopt_stage,
      "report": report_stage}[args.stage](args)
 

@@ -98,13 +98,13 @@ def main_job(opts: JobOptions) -> dict:
     test = data["test"]
     images = [x for x, _ in iterate_batches(test, 500)]
     calib, holdout = calibration_data(data["train"], opts)
-    int8, qat = None, None
+    int8, twin, qat = None, None, None
     if opts.qat_epochs:
         calib = list(calib)  # QAT calibrates on them; the pipeline takes its example input from them
-        int8, qat = qat_model(fp32, calib, holdout, data, opts)
+        int8, twin, qat = qat_model(fp32, calib, holdout, data, opts)
     result = quantize_to_tensorrt(fp32, calib, opts.output_dir, opts.quantization, images=images, labels=test.labels,
                                   fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout,
-                                  fallback=opts.fallback, int8=int8)
+                                  fallback=opts.fallback, int8=int8, float_twin=twin)
     extra = write_fp16(paths.fp32_onnx, paths.fp16_onnx, images, test.labels, result.accuracy["fp32"],
                        "PyTorch FP32") if opts.fp16 else []
     example = images[0][:1]
@@ -120,34 +120,35 @@ def main_job(opts: JobOptions) -> dict:
     return {"result": result, "record": record, "checks": result.checks + extra}
 
 
-def qat_method(fp32: torch.nn.Module, calib: list, holdout: tuple, opts: JobOptions) -> str:
+def qat_method(fp32: torch.nn.Module, calib: list, holdout: tuple, config: QuantizeConfig) -> str:
     """The observers QAT calibrates with: the job's calibration method; for "auto", the method auto chooses for PTQ
     on the held-out training images (one PTQ pass). Measured (bench/matrix.py qat): ResNet50 from auto's entropy
     reaches 0.6574 against FP32 0.6590, where percentile's PTQ ranges leave it at 0.18."""
-    if opts.quantization.calibration != "auto":
-        return opts.quantization.calibration
+    if config.calibration != "auto":
+        return config.calibration
     from .eager.model import fuse
     from .eager.quantize import quantize
 
     fused, _ = fuse(fp32, tuple(calib[0].shape[1:]))
-    ptq = quantize(fused, calib, opts.quantization.activation_dtype, "auto", opts.quantization.engine,
-                   opts.quantization.percentile, holdout)
+    ptq = quantize(fused, calib, config.activation_dtype, "auto", config.engine, config.percentile, holdout)
     return ptq.calibration_choice["method"]
 
 
 def qat_model(fp32: torch.nn.Module, calib: list, holdout: Optional[tuple], data: dict,
-              opts: JobOptions) -> tuple[torch.nn.Module, dict]:
+              opts: JobOptions) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """QAT fine-tune of `fp32` for opts.qat_epochs (eager/qat.py) on the training split, on CUDA when available;
-    the test split is only reported after each epoch (train()'s log), never used to choose anything."""
+    the test split is only reported after each epoch (train()'s log), never used to choose anything. Returns the
+    INT8 model, its float twin and the metrics record."""
     from .eager.qat import qat_recipe, quantize_qat
 
-    method = qat_method(fp32, calib, holdout, opts)
+    method = qat_method(fp32, calib, holdout, opts.quantization)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipe = qat_recipe(opts.qat_epochs, batch_size=opts.recipe.batch_size, seed=opts.recipe.seed,
                         train_subset=opts.recipe.train_subset)
-    int8, history = quantize_qat(fp32, calib, data["train"], data["test"], opts.qat_epochs, recipe,
-                                 opts.quantization.activation_dtype, method, opts.quantization.engine, device)
-    return int8, {"epochs": opts.qat_epochs, "calibration": method, "lr": recipe.lr, "device": str(device),
+    qat = quantize_qat(fp32, calib, data["train"], data["test"], opts.qat_epochs, recipe,
+                       opts.quantization.activation_dtype, method, opts.quantization.engine, device)
+    history = qat.history
+    return qat.int8, qat.float_model, {"epochs": opts.qat_epochs, "calibration": method, "lr": recipe.lr, "device": str(device),
                   "train_subset": recipe.train_subset, "train_seconds": history.train_seconds,
                   "history": history.epochs}
 

@@ -16,6 +16,7 @@ kept in float (graph/fallback.py, chosen on held-out training images) and that g
 With `int8=` an already converted INT8 model (e.g. from QAT, eager/qat.py) replaces calibration.
 """
 
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional
@@ -37,7 +38,7 @@ from .eager.export import export_onnx, export_torchscript
 from .eager.model import fuse
 from .eager.quantize import quantize
 from .errors import PipelineError
-from .graph.biases import restore_float_biases
+from .graph.sensitivity import restore_float_biases
 from .graph.lint import lint, performance_summary
 from .graph.onnx_utils import load_onnx
 from .graph.placement import make_fast, with_high_precision
@@ -128,7 +129,7 @@ def fusion_check(fp32: torch.nn.Module, image_shape: tuple) -> tuple[torch.nn.Mo
 def make_graph(export: onnx.ModelProto, mode: str, high_precision: str = "fp32", allow_fp32: bool = False,
                fp32: Optional[onnx.ModelProto] = None) -> Graph:
     """Rewrite an INT8 export into the exact or fast TensorRT-ready graph; a refused rewrite is recorded, not raised.
-    With the FP32 ONNX `fp32`, the fast graph's biases are its unrounded values (graph/biases.py)."""
+    With the FP32 ONNX `fp32`, the fast graph's biases are its unrounded values (graph/sensitivity.restore_float_biases)."""
     graph = Graph(mode, high_precision)
     try:
         if mode == "exact":
@@ -198,7 +199,8 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
                          labels: Optional[torch.Tensor] = None, fast: Optional[str] = "fp32",
                          accuracy_budget: float = contract.ACCURACY_BUDGET,
                          holdout: Optional[tuple] = None, fallback: bool = False,
-                         int8: Optional[torch.nn.Module] = None) -> PipelineResult:
+                         int8: Optional[torch.nn.Module] = None,
+                         float_twin: Optional[torch.nn.Module] = None) -> PipelineResult:
     """Fuse, quantize, export and make TensorRT-ready, verifying each step; write every artifact to output_dir.
 
     `fp32` needs torchvision's quantizable-model contract: QuantStub/DeQuantStub around forward, FloatFunctional
@@ -228,18 +230,25 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     instead of calibrating; `calibration_batches` then only provide the example input. It must have been
     converted for the current quantized engine (torch.backends.quantized.engine, as quantize_qat leaves it).
     Everything after quantization (export, agreement, graphs, guard) is the same.
+
+    `float_twin`: the float model `int8` was converted from, when that is not `fp32` (quantize_qat's
+    float_model: fine-tuning moved the weights); the fast and fallback graphs take their unrounded biases from
+    it (graph/sensitivity.restore_float_biases), not from `fp32`. FP32 stays the accuracy reference.
     """
     config = config or QuantizeConfig()
     calibration_batches, images = check_pipeline_arguments(fp32, calibration_batches, config, images, labels, fast)
     if int8 is not None:
         check_int8_model(int8)
+    if float_twin is not None and (int8 is None or not isinstance(float_twin, torch.nn.Module)):
+        raise PipelineError("float_twin is the float model an int8= model was converted from (quantize_qat's "
+                            "float_model); pass it together with int8=, or leave it out")
     example, calibration_batches = peek(calibration_batches, "calibration_batches")
     holdout_arrays = _check_fallback_arguments(fp32, holdout, images, labels, tuple(example.shape[1:])) \
         if fallback else None
     paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"))
     with fresh_run(paths.output_dir, RUN_ARTIFACTS):
         return _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast,
-                                     accuracy_budget, holdout, holdout_arrays, int8)
+                                     accuracy_budget, holdout, holdout_arrays, int8, float_twin)
 
 
 # what one quantize_to_tensorrt run writes: an earlier run's files are kept aside until this one completes
@@ -248,7 +257,7 @@ RUN_ARTIFACTS = (contract.FP32_ONNX, contract.INT8_ONNX, contract.INT8_TORCHSCRI
 
 
 def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast, accuracy_budget,
-                          holdout, holdout_arrays=None, int8=None) -> PipelineResult:
+                          holdout, holdout_arrays=None, int8=None, float_twin=None) -> PipelineResult:
     fp32 = fp32.eval().cpu()
     fused, fusion = fusion_check(fp32, tuple(example.shape[1:]))
     if int8 is None:
@@ -286,9 +295,10 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
         if c.name not in tolerated:
             require(c)
 
+    biases = _bias_source(float_twin, paths, example)  # the unrounded biases the fast and fallback graphs carry
     graphs = {"exact": make_graph(export, "exact")}
     if fast:
-        graphs["fast"] = make_graph(export, "fast", fast, fp32=load_onnx(paths.fp32_onnx))
+        graphs["fast"] = make_graph(export, "fast", fast, fp32=biases)
     reference = (accuracy["int8"], f"PyTorch INT8 ({engine})") if accuracy else None
     for g in graphs.values():
         run_graph(g, inputs)
@@ -310,7 +320,7 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
         if not guard.passed:  # outside the budget: the graphs' FP32 guards are recorded, the fallback must pass
             tolerated |= {f"{g.mode}_graph_accuracy" for g in graphs.values()}
             graphs["fallback"] = fallback_graph(export, load_onnx(paths.fp32_onnx), holdout_arrays, inputs,
-                                                accuracy["fp32"], accuracy_budget)
+                                                accuracy["fp32"], accuracy_budget, biases)
             accuracy["fallback"] = graphs["fallback"].accuracy
             failed = [c.name for c in checks + [c for g in graphs.values() for c in g.checks]
                       if c.name in tolerated and not c.passed]
@@ -328,6 +338,15 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                           checks=checks + [c for g in graphs.values() for c in g.checks], accuracy=accuracy,
                           logits={**out, **{g.mode: g.logits for g in graphs.values()}},
                           notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values() if g.refused])
+
+
+def _bias_source(float_twin: Optional[torch.nn.Module], paths: ArtifactPaths, example) -> onnx.ModelProto:
+    """The float ONNX whose biases the fast and fallback graphs carry: the FP32 export, or `float_twin`'s (exported
+    to a temporary file: it is not an artifact of the run)."""
+    if float_twin is None:
+        return load_onnx(paths.fp32_onnx)
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_onnx(export_onnx(float_twin.eval().cpu(), Path(tmp) / "float_twin.onnx", example=example))
 
 
 def _check_fallback_arguments(fp32, holdout, images, labels, chw: tuple) -> tuple[list, np.ndarray]:
@@ -361,15 +380,16 @@ FALLBACK_NAMED = 5  # kept layers a failed fallback's sentence names
 
 
 def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout: tuple, inputs: Inputs,
-                   fp32_accuracy: float, budget: float) -> Graph:
-    """The fallback graph (graph/fallback.py's search, on `holdout` = (numpy batches, labels) of training images):
-    checked on holdout (the search's own budget check), linted, then evaluated on `inputs`' labelled images and held
-    to FP32 there within `budget` points. Raises CheckFailed when no set of layers reaches the budget on holdout."""
+                   fp32_accuracy: float, budget: float, biases_from: Optional[onnx.ModelProto] = None) -> Graph:
+    """The fallback graph (graph/fallback.py's search, on `holdout` = (numpy batches, labels) of training images,
+    from the export with the unrounded biases of `biases_from`, default `fp32_onnx`): checked on holdout (the
+    search's own budget check), linted, then evaluated on `inputs`' labelled images and held to FP32 there within
+    `budget` points. Raises CheckFailed when no set of layers reaches the budget on holdout."""
     from .graph.fallback import fallback as search
     from .graph.sensitivity import analyze, study
 
     batches, labels = holdout
-    s = study(export, batches, labels, fp32=fp32_onnx)
+    s = study(export, batches, labels, fp32=fp32_onnx, biases_from=fp32_onnx if biases_from is None else biases_from)
     ranking = analyze(s, alone_quantized=False, data=f"{s.evaluator.images} held-out training images")
     fb = search(s, ranking, budget)
     graph = Graph("fallback", report={"fallback": fb.as_dict()})

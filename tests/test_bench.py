@@ -31,9 +31,10 @@ def _matrix_records(tmp_path):
                    "test_accuracy": 0.60}, "graph": graph, "fast_graph": {"test_accuracy": 0.61},
                    "engine": "qnnpack", "calib_images": 8, "holdout_images": 4, "test_images": 4, "threads": 2,
                    "environment": env, "training": {"epochs": [{}, {}]}},
-        "a_qat.json": {"arch": "a", "qat_epochs": 3, "graph": {"test_accuracy": 0.695}},
-        "a_fallback.json": {"arch": "a", "environment": env, "fallback": {"kept": ["x"], "layers": 9,
-                                                                          "test_accuracy": 0.68}},
+        "a_qat.json": {"arch": "a", "qat_epochs": 3, "graph": {"test_accuracy": 0.695},
+                       "fast_graph": {"test_accuracy": 0.698}},
+        "a_graphs.json": {"arch": "a", "environment": env, "fast_graph": {"test_accuracy": 0.62},
+                          "fallback": {"kept": ["x"], "layers": 9, "test_accuracy": 0.68}},
         "a_modelopt.json": {"arch": "a", "methods": {"max": {"test_accuracy": 0.5}}},
         "b.json": {"arch": "b", "fp32_accuracy": 0.80, "methods": methods, "auto": {"method": "mse",
                    "test_accuracy": 0.5}, "graph": {"refused": "fixed-qparams"}, "fast_graph": {"test_accuracy": 0.5},
@@ -51,8 +52,10 @@ def test_matrix_report_merges_the_stages_and_says_which_models_miss_the_budget(t
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "m.md").read_text()
     a = next(line for line in md.splitlines() if line.startswith("| a | 0.7000"))
-    # a: exact -10, fast -9, fallback -2 with 1 of 9 layers, QAT -0.5 -> within budget by QAT; ModelOpt max -20
-    assert "-10.00" in a and "-2.00 (1/9)" in a and "-0.50 (3 ep)" in a and "-20.00" in a and "yes (qat)" in a
+    # a: exact -10, fast -8 (the graphs stage's row over a.json's -9), fallback -2 with 1 of 9 layers, QAT's best
+    # graph -0.2 (fast; exact -0.5) -> within budget by QAT's fast graph; ModelOpt max -20
+    assert "-10.00" in a and "-8.00" in a and "-9.00" not in a and "-2.00 (1/9)" in a and "-0.20 (3 ep)" in a
+    assert "-20.00" in a and "yes (qat_fast)" in a
     b = next(line for line in md.splitlines() if line.startswith("| b | 0.8000"))
     assert "refused" in b and "**no** (fast)" in b  # fast -30 points, nothing else ran
     merged = json.loads((tmp_path / "m.json").read_text())["models"]

@@ -138,17 +138,28 @@ def test_an_int8_model_from_qat_goes_through_the_same_checks(tmp_path):
     torch.set_num_threads(1)
     fp32 = variance_preserving_init(QatTiny()).eval()
     calib = calibration()
-    int8, history = qat.quantize_qat(fp32, calib, noise_split(128, 2), noise_split(32, 3), epochs=1,
-                                     calibration="minmax", device=torch.device("cpu"))
+    run = qat.quantize_qat(fp32, calib, noise_split(128, 2), noise_split(32, 3), epochs=1, calibration="minmax",
+                           device=torch.device("cpu"))
+    int8, history = run.int8, run.history
     assert len(history.epochs) == 1
     images, labels = labelled(fp32, 1, seed=7, size=32)
     result = quantize_to_tensorrt(fp32, calib, tmp_path, images=images, labels=torch.cat(labels), int8=int8,
-                                  accuracy_budget=100.0)
+                                  accuracy_budget=100.0, float_twin=run.float_model)
     assert result.int8 is int8
+    weighted = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in run.float_model.modules())
+    assert result.graphs["fast"].report["rewrites"]["float_biases"] == weighted > 0  # the twin's, every one
+    assert not (tmp_path / "float_twin.onnx").exists()  # a temporary file, not an artifact
     eq = result.check("equivalence")
     assert eq.passed and eq.value == 0.0  # the exact graph is the QAT export, bit for bit
     assert result.paths.int8_onnx_modified.exists() and result.check("agreement").passed
     assert getattr(result.int8, "calibration_choice", None) is None
+
+
+def test_float_twin_without_int8_is_refused(tmp_path):
+    fp32 = variance_preserving_init(QatTiny()).eval()
+    with pytest.raises(PipelineError, match="float_twin is the float model an int8= model was converted from"):
+        quantize_to_tensorrt(fp32, calibration(), tmp_path / "out", float_twin=fp32)
+    assert not (tmp_path / "out").exists()
 
 
 def test_int8_must_be_a_converted_model(tmp_path):
@@ -210,14 +221,13 @@ def test_qat_starts_from_the_calibration_auto_chooses_for_ptq():
     from eager2trt.eager.calibration import AUTO_METHODS, calibrate, choose_calibration
     from eager2trt.eager.model import fuse
     from eager2trt.eager.quantize import prepare_for
-    from eager2trt.jobs import JobOptions, qat_method
+    from eager2trt.jobs import qat_method
 
     torch.manual_seed(0)
     model = tiny_model()
     holdout = labelled(model, 1, seed=8)
-    opts = JobOptions(quantization=QuantizeConfig(calibration="auto"))
-    method = qat_method(model, calibration(), holdout, opts)
+    method = qat_method(model, calibration(), holdout, QuantizeConfig(calibration="auto"))
     prepared = prepare_for(fuse(model, SHAPE)[0], calibration="auto")
     calibrate(prepared, calibration())
     assert method in AUTO_METHODS and method == choose_calibration(prepared, *holdout)[0]
-    assert qat_method(None, [], None, JobOptions(quantization=QuantizeConfig(calibration="entropy"))) == "entropy"
+    assert qat_method(None, [], None, QuantizeConfig(calibration="entropy")) == "entropy"

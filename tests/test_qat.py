@@ -35,10 +35,11 @@ def trained():
     fp32 = build_model("resnet18").eval()
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(32, 3, 32, 32, generator=gen) for _ in range(2)]
-    int8, history = qat.quantize_qat(fp32, calib, noise_split(256, 2), noise_split(64, 3), epochs=1,
-                                     calibration="minmax", engine=ENGINE, device=torch.device("cpu"))
+    run = qat.quantize_qat(fp32, calib, noise_split(256, 2), noise_split(64, 3), epochs=1, calibration="minmax",
+                           engine=ENGINE, device=torch.device("cpu"))
+    int8, history = run.int8, run.history
     ptq = quantize(fuse(fp32, (3, 32, 32))[0], calib, calibration="minmax", engine=ENGINE)
-    return fp32, int8, ptq, history
+    return fp32, int8, ptq, history, run.float_model
 
 
 def quantized_types(model):
@@ -46,7 +47,7 @@ def quantized_types(model):
 
 
 def test_qat_converts_to_the_ptq_kind_of_model_with_the_calibrated_ranges(trained):
-    fp32, int8, ptq, history = trained
+    fp32, int8, ptq, history, _ = trained
     assert quantized_types(int8) == quantized_types(ptq)
     assert len(history.epochs) == 1 and history.epochs[0]["steps"] == 2
     # activation ranges were fixed at calibration: the same scales as PTQ on the same batches
@@ -62,7 +63,7 @@ def test_qat_converts_to_the_ptq_kind_of_model_with_the_calibrated_ranges(traine
 
 
 def test_qat_model_exports_and_passes_the_exact_surgery(trained, tmp_path):
-    _, int8, _, _ = trained
+    _, int8, _, _, _ = trained
     path = export_onnx(int8, tmp_path / "qat_int8.onnx", random_batches((1, 3, 32, 32), 1)[0])
     original = onnx.load(str(path))
     ready, report = make_tensorrt_ready(original)
@@ -74,6 +75,28 @@ def test_qat_model_exports_and_passes_the_exact_surgery(trained, tmp_path):
         eager = int8(x)
     graph = torch.from_numpy(onnx_logits(ready, [x.numpy()]))
     assert (graph.argmax(1) == eager.argmax(1)).float().mean() >= 0.75
+
+
+def test_float_twin_is_the_float_model_the_int8_one_rounds(trained, tmp_path):
+    # fine-tuning moved the weights away from the FP32 checkpoint's: the fast graph's unrounded biases come from
+    # the twin (BatchNorm folded as convert folds it), which holds every Conv/Linear the INT8 model quantizes
+    from eager2trt.graph.sensitivity import restore_float_biases
+    from eager2trt.pipeline import make_graph
+
+    fp32, int8, _, _, twin = trained
+    assert not any(isinstance(m, qat.QAT_MODULES) for m in twin.modules()) and not twin.training
+    assert all(not fq.fake_quant_enabled[0] for fq in twin.modules() if isinstance(fq, tq.FakeQuantizeBase))
+    w, q = twin.layer1[0].conv1[0].weight.detach(), int8.layer1[0].conv1.weight()
+    step = q.q_per_channel_scales().float().view(-1, 1, 1, 1)
+    assert ((w - q.dequantize()).abs() <= 0.51 * step + 1e-7).all()  # the int8 weight is the twin's, rounded
+    assert torch.equal(int8.layer1[0].conv1.bias().detach(), twin.layer1[0].conv1[0].bias.detach())
+    x = random_batches((1, 3, 32, 32), 1)[0]
+    export = onnx.load(str(export_onnx(int8, tmp_path / "int8.onnx", x)))
+    twin_onnx = onnx.load(str(export_onnx(twin, tmp_path / "twin.onnx", x)))
+    convs = sum(n.op_type in ("Conv", "Gemm") for n in twin_onnx.graph.node)
+    fast = make_graph(export, "fast", fp32=twin_onnx)
+    assert fast.report["rewrites"]["float_biases"] == convs == 21  # ResNet18: 20 convolutions and the classifier
+    assert restore_float_biases(fast.model, twin_onnx)[1] == convs
 
 
 def test_qat_prepare_uses_the_project_scheme():

@@ -320,7 +320,7 @@ def test_fast_graph_carries_the_fp32_biases(tmp_path):
     # TensorRT reads a Conv's bias as a float constant: the fast graph carries the unrounded FP32 values instead
     # of the export's int32-rounded ones (what that is worth is measured by the model matrix, not here: on this
     # tiny model the outlier activation's quantization error dwarfs it)
-    from eager2trt.graph.biases import restore_float_biases
+    from eager2trt.graph.sensitivity import restore_float_biases
     from eager2trt.pipeline import make_graph
 
     fp32, int8 = large_weight_graphs(tmp_path)
@@ -336,3 +336,23 @@ def test_fast_graph_carries_the_fp32_biases(tmp_path):
     assert was != fp_biases  # the export's biases were rounded: the rewrite changed them
     assert passed(lint(floated.model, performance="error"))
     assert restore_float_biases(floated.model, fp32)[1] == 3  # idempotent: the same values again
+
+
+def test_study_with_fp32_biases_analyses_the_graph_tensorrt_computes(tmp_path):
+    # the fallback searches from the graph with the FP32 biases (what TensorRT computes from a float bias), so a
+    # graph that needs no layer in float is still no longer PyTorch INT8's: it is held to FP32 and says why
+    fp32, int8 = large_weight_graphs(tmp_path)
+    batches = inputs(32)
+    plain, restored = sens.study(int8, batches, fp32=fp32), sens.study(int8, batches, fp32=fp32, biases_from=fp32)
+    assert plain.float_biases == 0 and restored.float_biases == 3
+    biases = sorted(n.inputs[2].values.tobytes() for n in gs.import_onnx(fp32).nodes if n.op in ("Conv", "Gemm"))
+    assert sorted(n.inputs[2].values.tobytes() for n in gs.import_onnx(restored.model).nodes
+                  if n.op in ("Conv", "Gemm")) == biases
+    assert equivalence(plain.model, sens.prepare(int8), batches).passed  # without the flag: the graph as given
+    report = sens.analyze(restored, alone_quantized=False, progress=False)
+    assert report.extra == {"float_biases": 3}
+    result = fb.fallback(restored, report, budget=100.0, progress=False)  # any graph is within 100 points
+    assert result.kept == [] and "carries 3 unrounded float biases" in result.held_to and "PyTorch INT8 as before" not in \
+        result.held_to
+    assert "PyTorch INT8 as before" in fb.fallback(plain, sens.analyze(plain, alone_quantized=False, progress=False),
+                                                   budget=100.0, progress=False).held_to

@@ -12,11 +12,12 @@ and inference compute the same quantized function; only the weights (re-observed
 
 import copy
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 import torch
 from torch.ao import quantization as tq
+from torch.ao.nn import qat as nnqat
 from torch.ao.nn.intrinsic import qat as nniqat
 
 from ..errors import PipelineError, require_int
@@ -29,6 +30,10 @@ from .train import History, Recipe, train
 # Fine-tuning a converged model: 1% of the reference's from-scratch rate (0.1), constant (no milestones); the
 # reference's momentum and weight decay. Plain fp32 steps (no bf16 autocast or torch.compile around fake quant).
 QAT_LR = 1e-3
+# The QAT modules with weights (and BatchNorm): convert quantizes each from its folded float weights (to_float()).
+QAT_MODULES = (nniqat.ConvBn1d, nniqat.ConvBn2d, nniqat.ConvBn3d, nniqat.ConvBnReLU1d, nniqat.ConvBnReLU2d,
+               nniqat.ConvBnReLU3d, nniqat.ConvReLU1d, nniqat.ConvReLU2d, nniqat.ConvReLU3d, nniqat.LinearReLU,
+               nniqat.LinearBn1d, nnqat.Conv1d, nnqat.Conv2d, nnqat.Conv3d, nnqat.Linear)
 
 
 def qat_qconfig(activation_dtype: str = "quint8", calibration: str = "histogram") -> tq.QConfig:
@@ -102,18 +107,47 @@ def convert(model: torch.nn.Module, example: torch.Tensor, activation_dtype: str
     raise PipelineError(_cannot_run(failures, activation_dtype))
 
 
+def float_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """The float model a fine-tuned QAT `model` converts from: each QAT Conv/Linear (with its BatchNorm) replaced by
+    its to_float() (BatchNorm folded as convert folds it), fake quantization and observers off. Its weights are what
+    the INT8 model's round to, and its biases the unrounded ones: the FP32 checkpoint's no longer are, after
+    fine-tuning. The fast and fallback graphs of a QAT model carry these biases (pipeline: float_twin=)."""
+    twin = copy.deepcopy(model).cpu().eval()
+    twin.apply(tq.disable_fake_quant)
+    twin.apply(tq.disable_observer)
+
+    def swap(module: torch.nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, QAT_MODULES):
+                setattr(module, name, child.to_float().eval())
+            else:
+                swap(child)
+
+    swap(twin)
+    return twin
+
+
+@dataclass
+class QATResult:
+    """quantize_qat's outcome: the INT8 model, the training history and the float twin (float_twin())."""
+
+    int8: torch.nn.Module
+    history: History
+    float_model: torch.nn.Module
+
+
 def quantize_qat(fp32: torch.nn.Module, calib_batches: Iterable[torch.Tensor], train_split: Split,
                  test_split: Split, epochs: int, recipe: Optional[Recipe] = None, activation_dtype: str = "quint8",
                  calibration: str = "histogram", engine: str = DEFAULT_ENGINE,
-                 device: Optional[torch.device] = None) -> tuple[torch.nn.Module, History]:
+                 device: Optional[torch.device] = None) -> QATResult:
     """Fuse, fake-quantize and calibrate the unfused FP32 model `fp32` on `calib_batches`, fine-tune it `epochs` on
     `train_split` (eager/train.py's loop, tested on `test_split` after each epoch), and convert it to INT8.
 
-    `recipe` defaults to qat_recipe(epochs); `device` to CUDA when available. Returns the INT8 model and the
-    training history."""
+    `recipe` defaults to qat_recipe(epochs); `device` to CUDA when available. Returns the INT8 model, the
+    training history and the fine-tuned float twin (pass it on as quantize_to_tensorrt(..., float_twin=))."""
     require_int("epochs", epochs)
     recipe = replace(recipe, epochs=epochs) if recipe is not None else qat_recipe(epochs)
     model = prepare(fp32, activation_dtype, calibration)
     example = calibrate(model, calib_batches)
     history = train(model, train_split, test_split, recipe, device=device)
-    return convert(model, example, activation_dtype, engine), history
+    return QATResult(convert(model, example, activation_dtype, engine), history, float_twin(model))

@@ -188,9 +188,10 @@ def fallback(s: Study, report: SensitivityReport, budget: float = 1.0, max_layer
         rule = next(r for r, f in findings.items() if f)
         raise PipelineError(f"the fallback graph breaks TensorRT's rule {rule} at {findings[rule][0].node} "
                             f"({findings[rule][0].message}); please report this model")
+    biases = f" and carries {s.float_biases} unrounded float biases" if s.float_biases else ""
     held_to = (f"{s.reference_name} within {budget:g} points ({s.evaluator.metric()}): PyTorch's eager INT8 model "
-               f"cannot mirror an ONNX-level fallback, so the graph is no longer compared with PyTorch INT8"
-               if kept else "PyTorch INT8 as before (no layer needed to be kept in float)")
+               f"cannot mirror an ONNX-level fallback{biases}, so the graph is no longer compared with PyTorch INT8"
+               if kept or s.float_biases else "PyTorch INT8 as before (no layer needed to be kept in float)")
     return FallbackResult(ready, [u.label for u in kept], measurement, s.reference.score, budget, reached,
                           s.evaluator.metric(), held_to, extra_layers(make_tensorrt_ready(s.model)[0], ready),
                           s.evaluator.runs - runs0, steps)

@@ -203,6 +203,33 @@ def replace_bias(weight: gs.Variable, bias: np.ndarray, name: str) -> int:
     return changed
 
 
+def set_float_biases(graph: gs.Graph, found: dict[str, np.ndarray]) -> int:
+    """Give every quantized Conv/Gemm the float bias kept in `found` under bias_key() of its weight DQ."""
+    changed = 0
+    for dq in weight_dequantizers(graph):
+        key = bias_key(dq.outputs[0].name)
+        if key in found:
+            changed += replace_bias(dq.outputs[0], found[key], f"{dq.outputs[0].name}_fp32_bias")
+    return changed
+
+
+def restore_float_biases(model: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """`model` with each Conv/Gemm bias replaced by its matched FP32 value (and how many were): the graph
+    TensorRT computes from a float bias, instead of the export's bias rounded to the int32 step.
+
+    PyTorch's quantized convolution adds its bias in int32, rounded to input scale x weight scale, and the
+    exporter writes that rounded bias; the exact graph keeps it, bit for bit. TensorRT reads a Conv's bias as a
+    float constant, so the fast and fallback graphs carry the unrounded value. Where BatchNorm folding makes
+    depthwise weights large, that step is a visible share of the bias: on a CIFAR-10 MobileNetV2 (ImageNet
+    stem) the rounded biases alone took the exact graph from 0.61 to 0.40 top-1 (docs/accuracy.md)."""
+    graph = gs.import_onnx(model)
+    changed = set_float_biases(graph, match_fp32_weights(graph, fp32)[0])
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    return out, changed
+
+
 def float_weights(graph: gs.Graph, values: dict[str, np.ndarray]) -> int:
     """Replace each weight DQ whose output is a key of `values` by that float constant, and its consumer's bias
     by the float bias kept under bias_key() where there is one."""
@@ -302,6 +329,7 @@ class Study:
     reference: Measurement
     int8: Measurement
     all_float: Measurement
+    float_biases: int = 0  # biases restored to unrounded float values in `model` (study(biases_from=...))
 
     def variant(self, float_layers: Iterable[Layer]) -> onnx.ModelProto:
         return with_float_layers(self.model, float_layers, self.weights)
@@ -320,13 +348,19 @@ def prepare(model: onnx.ModelProto, argument: str = "model") -> onnx.ModelProto:
 
 
 def study(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np.ndarray] = None,
-          fp32: Optional[onnx.ModelProto] = None, threads: int = 0) -> Study:
+          fp32: Optional[onnx.ModelProto] = None, threads: int = 0,
+          biases_from: Optional[onnx.ModelProto] = None) -> Study:
     """Prepare `model`, find its layers, choose their float weights and measure the reference, the INT8 graph
-    and the all-float graph on `batches` (float32 NCHW; `labels` one per image, or None for agreement)."""
+    and the all-float graph on `batches` (float32 NCHW; `labels` one per image, or None for agreement).
+    `biases_from` (a float ONNX: the FP32 one, or a QAT model's float twin): the INT8 graph studied carries its
+    unrounded biases (restore_float_biases), as the fast and fallback graphs do; without it, `model` as given."""
     if fp32 is not None and is_quantized(fp32):
         raise PipelineError("fp32 holds QuantizeLinear/DequantizeLinear nodes; pass the FP32 (unquantized) ONNX "
                             "as fp32, or None to compare against the INT8 graph with every Q/DQ removed")
     model = prepare(model)
+    restored = 0
+    if biases_from is not None:
+        model, restored = restore_float_biases(model, biases_from)
     graph = gs.import_onnx(model)
     layers = find_layers(graph)
     if not layers:
@@ -334,7 +368,7 @@ def study(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np
                             "nothing to analyse")
     weights, source = _float_weights(graph, fp32)
     evaluator = Evaluator(batches, labels, threads)
-    s = Study(model, layers, weights, source, evaluator, "", None, None, None)  # measurements follow
+    s = Study(model, layers, weights, source, evaluator, "", None, None, None, restored)  # measurements follow
     float_graph = s.variant(layers)
     s.reference_name = "the FP32 ONNX" if fp32 is not None else "the INT8 graph with every Q/DQ removed"
     s.reference = evaluator.set_reference(fp32 if fp32 is not None else float_graph)
@@ -440,7 +474,8 @@ def analyze(s: Study, alone_quantized: bool = True, progress: bool = True, data:
     return SensitivityReport(rank(out, s.int8, s.evaluator.images), s.evaluator.metric(), s.reference_name,
                              s.reference, s.int8, s.all_float, s.weights_source, s.evaluator.images,
                              s.evaluator.runs - runs0,
-                             round(time.perf_counter() - t0, 3), data)
+                             round(time.perf_counter() - t0, 3), data,
+                             {"float_biases": s.float_biases} if s.float_biases else {})
 
 
 def sensitivity(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np.ndarray] = None,

@@ -139,7 +139,8 @@ def sensitivity_report(model: onnx.ModelProto, output_dir: Path, fp32: Optional[
             raise PipelineError("input_shape is needed for random inputs when no data_dir is given")
         batches, labels = random_inputs(images, tuple(input_shape), batch_size), None
         data = f"{images} random standard-normal inputs of shape {list(input_shape)} (seed 0), no labels"
-    s = study(model, batches, labels, fp32, threads)
+    # the fallback graph carries the FP32 biases (as TensorRT reads a float bias), so its ranking is measured so
+    s = study(model, batches, labels, fp32, threads, biases_from=fp32 if fallback_path is not None else None)
     report = analyze(s, progress=progress, data=data)
     fb = None
     if fallback_path is not None:
@@ -155,7 +156,8 @@ def print_run(run: SensitivityRun, top: int = 10) -> None:
     r = run.report
     print(f"data: {r.data}")
     print(f"metric: {r.metric}; float weights: {r.weights_source}")
-    print(f"reference ({r.reference_name}) {100 * r.reference.score:.2f}, INT8 graph {100 * r.int8.score:.2f} "
+    biases = f" with its {r.extra['float_biases']} unrounded float biases" if r.extra.get("float_biases") else ""
+    print(f"reference ({r.reference_name}) {100 * r.reference.score:.2f}, INT8 graph{biases} {100 * r.int8.score:.2f} "
           f"(mean abs logit error {r.int8.error:.4g}), every layer in float {100 * r.all_float.score:.2f}")
     print(f"{'rank':>4}  {'points recovered alone in float':>31}  {'points lost alone quantized':>27}  layer")
     for u in r.layers[:top]:
