@@ -28,6 +28,7 @@ A_modelopt.json and A_graphs.json per model.
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -229,17 +230,24 @@ def fallback_row(exported, fp32_onnx, hold_batches: list, batches: list, labels:
             "evaluations": s.evaluator.runs, "seconds": time.perf_counter() - t0}
 
 
+def auto_export(c: dict, record: dict) -> tuple:
+    """auto's method (from the evaluate stage's `record`), the FP32 ONNX and that method's INT8 export, calibrated
+    on the same images as evaluate."""
+    method = record["auto"]["method"]
+    prepared = prepare_for(c["fused"], calibration="auto", auto_methods=METHODS)
+    calibrate(prepared, c["calib_batches"], desc=f"{record['arch']}: calibrating")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_onnx = load_onnx(export_onnx(c["fp32"], Path(tmp) / "fp32.onnx", c["batches"][0]))
+        exported = load_onnx(export_onnx(convert_copy(prepared, method), Path(tmp) / "int8.onnx", c["batches"][0]))
+    return method, fp32_onnx, exported
+
+
 def graphs_stage(args) -> None:
     """The fast graph and the fallback again, for a model evaluated before either changed: auto's method from
     A.json, the same calibration images; writes A_graphs.json, whose rows the report uses over A.json's."""
     c = setup(args)
     record = json.loads((args.out / f"{args.arch}.json").read_text())
-    method = record["auto"]["method"]
-    prepared = prepare_for(c["fused"], calibration="auto", auto_methods=METHODS)
-    calibrate(prepared, c["calib_batches"], desc=f"{args.arch}: calibrating")
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32_onnx = load_onnx(export_onnx(c["fp32"], Path(tmp) / "fp32.onnx", c["batches"][0]))
-        exported = load_onnx(export_onnx(convert_copy(prepared, method), Path(tmp) / "int8.onnx", c["batches"][0]))
+    method, fp32_onnx, exported = auto_export(c, record)
     out = {"arch": args.arch, "method": method, "environment": environment(),
            "fast_graph": fast_row(exported, fp32_onnx, c["batches"], c["labels"], args.threads)}
     path = args.out / f"{args.arch}_graphs.json"
@@ -253,6 +261,26 @@ def graphs_stage(args) -> None:
           f"{(out.get('fallback') or {}).get('test_accuracy', 'not needed')}", flush=True)
 
 
+def paired(right_a: np.ndarray, right_b: np.ndarray) -> dict:
+    """Two graphs on the same images: where only A is right, where only B is, and the exact two-sided McNemar
+    p-value of that split (binomial, p = 1/2): whether the accuracy difference is more than chance on these
+    images."""
+    a_only, b_only = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    n, k = a_only + b_only, min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n if n else 1.0
+    return {"only_this_right": a_only, "only_ours_right": b_only, "p_value": min(1.0, 2.0 * tail)}
+
+
+def our_fast_correct(c: dict, args) -> Optional[np.ndarray]:
+    """Per test image, whether our PTQ fast graph (auto's method, FP32 biases) is right; None before evaluate."""
+    path = args.out / f"{args.arch}.json"
+    if not path.exists():
+        return None
+    _, fp32_onnx, exported = auto_export(c, json.loads(path.read_text()))
+    g = make_graph(exported, "fast", fp32=fp32_onnx)
+    return None if g.model is None else scores(g.model, c["batches"], args.threads).argmax(1) == c["labels"]
+
+
 def qat_stage(args) -> None:
     """QAT from the FP32 checkpoint (GPU when there is one), initialised from auto's calibration method (the
     main job's jobs.qat_method); its exact graph (the export's rounded biases) and fast graph (the fine-tuned
@@ -260,8 +288,8 @@ def qat_stage(args) -> None:
     c = setup(args)
     path = args.out / f"{args.arch}_qat.json"
     t0 = time.perf_counter()
-    method = qat_method(c["fp32"], c["calib_batches"], ([x for x, _ in c["hold_batches"]], [y for _, y in c["hold_batches"]]),
-                        QuantizeConfig(calibration="auto", engine=c["engine"]))
+    holdout = ([x for x, _ in c["hold_batches"]], [y for _, y in c["hold_batches"]])
+    method = qat_method(c["fp32"], c["calib_batches"], holdout, QuantizeConfig(calibration="auto", engine=c["engine"]))
     record = {"arch": args.arch, "qat_epochs": args.qat_epochs, "calibration": method,
               "ptq_seconds": time.perf_counter() - t0, "test_images": len(c["test"]), "environment": environment()}
     write_json(path, record)
@@ -284,12 +312,14 @@ def qat_stage(args) -> None:
 
 
 def modelopt_stage(args) -> None:
-    """ModelOpt's ONNX PTQ (max, entropy; FP32 high precision) on our calibration images, scored on our test set."""
+    """ModelOpt's ONNX PTQ (max, entropy; FP32 high precision) on our calibration images, scored on our test set,
+    each paired with our PTQ fast graph on the same images (paired())."""
     c = setup(args)
     path = args.out / f"{args.arch}_modelopt.json"
     record = {"arch": args.arch, "test_images": len(c["test"]), "methods": {}, "environment": environment()}
     if path.exists():  # another run's methods are kept: each method is one call
         record["methods"] = json.loads(path.read_text()).get("methods", {})
+    ours = our_fast_correct(c, args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fp32_onnx = export_onnx(c["fp32"], work / "fp32.onnx", c["batches"][0])
@@ -299,6 +329,8 @@ def modelopt_stage(args) -> None:
             seconds = run_modelopt(args.modelopt_python, fp32_onnx, work / "calib.npy", method, "fp32", out)
             graph = scores(load_onnx(out), c["batches"], args.threads)
             record["methods"][method] = {"test_accuracy": accuracy(graph, c["labels"]), "seconds": seconds}
+            if ours is not None:  # the same images: is the difference from our fast graph more than chance?
+                record["methods"][method]["vs_our_fast_graph"] = paired(graph.argmax(1) == c["labels"], ours)
             print(f"{args.arch} modelopt {method}: {record['methods'][method]}", flush=True)
             write_json(path, record)
 
@@ -389,8 +421,8 @@ def _points(value: Optional[float], fp32: float, extra: str = "") -> str:
 
 def summary(rows: list, budget: float = 1.0) -> str:
     """The README's table: points below FP32 of each TensorRT-ready graph, and the best of ours within budget."""
-    head = ["model", "FP32", "PTQ auto, exact", "PTQ auto, fast", "fallback (layers in float)", "QAT (best graph)", "ModelOpt max",
-            "ModelOpt entropy", "within 1 point"]
+    head = ["model", "FP32", "PTQ auto, exact", "PTQ auto, fast", "fallback (layers in float)", "QAT (best graph)",
+            "ModelOpt max", "ModelOpt entropy", "within 1 point"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         f, t = r["fp32_accuracy"], tensorrt_ready(r)

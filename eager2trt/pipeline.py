@@ -129,7 +129,8 @@ def fusion_check(fp32: torch.nn.Module, image_shape: tuple) -> tuple[torch.nn.Mo
 def make_graph(export: onnx.ModelProto, mode: str, high_precision: str = "fp32", allow_fp32: bool = False,
                fp32: Optional[onnx.ModelProto] = None) -> Graph:
     """Rewrite an INT8 export into the exact or fast TensorRT-ready graph; a refused rewrite is recorded, not raised.
-    With the FP32 ONNX `fp32`, the fast graph's biases are its unrounded values (graph/sensitivity.restore_float_biases)."""
+    With the FP32 ONNX `fp32`, the fast graph's biases are its unrounded values
+    (graph/sensitivity.restore_float_biases)."""
     graph = Graph(mode, high_precision)
     try:
         if mode == "exact":

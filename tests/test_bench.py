@@ -61,3 +61,20 @@ def test_matrix_report_merges_the_stages_and_says_which_models_miss_the_budget(t
     merged = json.loads((tmp_path / "m.json").read_text())["models"]
     assert [r["arch"] for r in merged] == ["a", "b"] and merged[0]["qat"]["qat_epochs"] == 3
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_matrix_pairs_two_graphs_on_the_same_images():
+    # the exact McNemar test: 9 images only A gets right against 1 only B does is p = 2 x 11/1024 (one-sided
+    # tail: C(10,0) + C(10,1) over 2^10), a split of 3 to 2 is chance
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import matrix
+
+    import numpy as np
+
+    a = np.array([True] * 9 + [False] + [True] * 5)
+    b = np.array([False] * 9 + [True] + [True] * 5)
+    assert matrix.paired(a, b) == {"only_this_right": 9, "only_ours_right": 1, "p_value": 22 / 1024}
+    c = np.array([True, True, True, False, False]), np.array([False, False, False, True, True])
+    assert matrix.paired(*c)["p_value"] == 1.0 and matrix.paired(a, a)["p_value"] == 1.0

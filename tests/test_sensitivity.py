@@ -352,7 +352,7 @@ def test_study_with_fp32_biases_analyses_the_graph_tensorrt_computes(tmp_path):
     report = sens.analyze(restored, alone_quantized=False, progress=False)
     assert report.extra == {"float_biases": 3}
     result = fb.fallback(restored, report, budget=100.0, progress=False)  # any graph is within 100 points
-    assert result.kept == [] and "carries 3 unrounded float biases" in result.held_to and "PyTorch INT8 as before" not in \
-        result.held_to
+    assert result.kept == [] and "carries 3 unrounded float biases" in result.held_to
+    assert "PyTorch INT8 as before" not in result.held_to
     assert "PyTorch INT8 as before" in fb.fallback(plain, sens.analyze(plain, alone_quantized=False, progress=False),
                                                    budget=100.0, progress=False).held_to
