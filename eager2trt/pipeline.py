@@ -261,6 +261,7 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                           holdout, holdout_arrays=None, int8=None, float_twin=None) -> PipelineResult:
     fp32 = fp32.eval().cpu()
     fused, fusion = fusion_check(fp32, tuple(example.shape[1:]))
+    given_int8 = int8 is not None
     if int8 is None:
         int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine,
                         config.percentile, holdout)
@@ -291,7 +292,8 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
         if holdout_arrays is not None:
             tolerated.add(checks[-1].name)
         else:
-            checks[-1] = _name_worst_layers(checks[-1], export, load_onnx(paths.fp32_onnx), images, labels)
+            checks[-1] = _name_worst_layers(checks[-1], export, load_onnx(paths.fp32_onnx), images, labels,
+                                            given_int8=given_int8)
     for c in checks:
         if c.name not in tolerated:
             require(c)
@@ -424,17 +426,25 @@ def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout:
 GUARD_IMAGES = 500  # labelled images the failing accuracy guard's layer ranking runs on (one run per layer)
 
 
-def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelProto, images: list, labels) -> Check:
+def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelProto, images: list, labels,
+                       given_int8: bool = False) -> Check:
     """The failed accuracy guard, its fix naming the layers that recover most when left alone in float
-    (graph/sensitivity.py, leave-one-out on up to GUARD_IMAGES of the held-out images)."""
+    (graph/sensitivity.py, leave-one-out on up to GUARD_IMAGES of the held-out images); for a given INT8 model
+    (`given_int8`: QAT's, say) the fix is the fallback, since calibration is not this run's."""
     from .graph.sensitivity import worst_layers
 
     xs = torch.cat(images)[:GUARD_IMAGES]
     names = worst_layers(export, [b.numpy() for b in xs.split(250)], np.asarray(labels[:len(xs)]), fp32=fp32, k=3)
-    fix = (f"INT8 loses more accuracy than the budget allows; the layers that recover most when left in float are "
-           f"{', '.join(names)}: try calibration='auto' (or percentile, entropy), fallback=True (resnet_torch.py --fallback) or "
-           f"eager2trt-sensitivity --fallback on {contract.INT8_ONNX} to keep the fewest layers in float, or QAT "
-           f"(int8=eager2trt.eager.qat.quantize_qat(...); resnet_torch.py --qat-epochs N)")
+    lost = (f"INT8 loses more accuracy than the budget allows; the layers that recover most when left in float are "
+            f"{', '.join(names)}")
+    if given_int8:
+        fix = (f"{lost}: for this given INT8 model (int8=, e.g. QAT's) use fallback=True (resnet_torch.py "
+               f"--qat-epochs N --fallback): its graph starts from the unrounded float biases TensorRT computes with "
+               f"(PyTorch INT8 rounds them to int32) and keeps the fewest layers in float")
+    else:
+        fix = (f"{lost}: try calibration='auto' (or percentile, entropy), fallback=True (resnet_torch.py --fallback) "
+               f"or eager2trt-sensitivity --fallback on {contract.INT8_ONNX} to keep the fewest layers in float, or QAT "
+               f"(int8=eager2trt.eager.qat.quantize_qat(...); resnet_torch.py --qat-epochs N)")
     return replace(check, fix=fix, figures={**check.figures, "worst_layers": names})
 
 

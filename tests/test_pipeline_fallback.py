@@ -155,6 +155,26 @@ def test_an_int8_model_from_qat_goes_through_the_same_checks(tmp_path):
     assert getattr(result.int8, "calibration_choice", None) is None
 
 
+def test_a_given_int8_model_outside_the_budget_is_told_to_use_the_fallback(tmp_path):
+    # calibration is not the fix for a model quantized elsewhere (QAT): the sentence names fallback=True, whose
+    # graph starts from the unrounded float biases
+    from eager2trt.eager import qat
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    fp32 = variance_preserving_init(QatTiny()).eval()
+    run = qat.quantize_qat(fp32, calibration(), noise_split(64, 2), noise_split(16, 3), epochs=1, calibration="minmax",
+                           device=torch.device("cpu"))
+    images, labels = labelled(fp32, 1, seed=7, size=64)  # FP32's own top-1: FP32 scores 1.0, any INT8 error shows
+    with pytest.raises(CheckFailed) as failure:
+        quantize_to_tensorrt(fp32, calibration(), tmp_path / "out", images=images, labels=torch.cat(labels),
+                             int8=run.int8, float_twin=run.float_model, accuracy_budget=0.0)
+    message = str(failure.value)
+    assert "int8_accuracy" in message and "for this given INT8 model" in message and "--fallback" in message
+    assert "try calibration" not in message
+    assert not (tmp_path / "out" / contract.INT8_ONNX_MODIFIED).exists()
+
+
 def test_float_twin_without_int8_is_refused(tmp_path):
     fp32 = variance_preserving_init(QatTiny()).eval()
     with pytest.raises(PipelineError, match="float_twin is the float model an int8= model was converted from"):
