@@ -218,7 +218,7 @@ def fallback_row(exported, fp32_onnx, hold_batches: list, batches: list, labels:
     """Layers kept in float chosen on the held-out training images (never the test set); the graph scored on test."""
     t0 = time.perf_counter()
     s = study(exported, [x.numpy() for x, _ in hold_batches], np.concatenate([y.numpy() for _, y in hold_batches]),
-              fp32=fp32_onnx, threads=args.threads, biases_from=fp32_onnx)  # as the main job's fallback
+              fp32=fp32_onnx, threads=args.threads, float_from=fp32_onnx)  # as the main job's fallback
     report = analyze(s, alone_quantized=False, progress=False)
     fb = fallback(s, report, args.budget, progress=False)
     graph = scores(fb.model, batches, args.threads)

@@ -383,16 +383,17 @@ FALLBACK_NAMED = 5  # kept layers a failed fallback's sentence names
 
 
 def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout: tuple, inputs: Inputs,
-                   fp32_accuracy: float, budget: float, biases_from: Optional[onnx.ModelProto] = None) -> Graph:
+                   fp32_accuracy: float, budget: float, float_from: Optional[onnx.ModelProto] = None) -> Graph:
     """The fallback graph (graph/fallback.py's search, on `holdout` = (numpy batches, labels) of training images,
-    from the export with the unrounded biases of `biases_from`, default `fp32_onnx`): checked on holdout (the
-    search's own budget check), linted, then evaluated on `inputs`' labelled images and held to FP32 there within
-    `budget` points. Raises CheckFailed when no set of layers reaches the budget on holdout."""
+    from the export with the unrounded biases of `float_from`, default `fp32_onnx`, whose weights the layers kept
+    in float take): checked on holdout (the search's own budget check), linted, then evaluated on `inputs`'
+    labelled images and held to FP32 there within `budget` points. Raises CheckFailed when no set of layers
+    reaches the budget on holdout."""
     from .graph.fallback import fallback as search
     from .graph.sensitivity import analyze, study
 
     batches, labels = holdout
-    s = study(export, batches, labels, fp32=fp32_onnx, biases_from=fp32_onnx if biases_from is None else biases_from)
+    s = study(export, batches, labels, fp32=fp32_onnx, float_from=fp32_onnx if float_from is None else float_from)
     ranking = analyze(s, alone_quantized=False, data=f"{s.evaluator.images} held-out training images")
     fb = search(s, ranking, budget)
     graph = Graph("fallback", report={"fallback": fb.as_dict()})
@@ -403,9 +404,13 @@ def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout:
         detail=f"{fb.metric} (held-out training images) with {len(fb.kept)} layers kept in float; held to "
                f"{fb.held_to}",
         fix=f"no set of layers from the sensitivity ranking brings the graph within {budget:g} points of FP32 on the "
-            f"held-out training images (tried {len(fb.kept)} in float: {tried or 'none'}); use quantization-aware "
-            f"training (int8=eager2trt.eager.qat.quantize_qat(...); resnet_torch.py --qat-epochs N), another "
-            f"calibration, or a larger budget")
+            f"held-out training images (tried {len(fb.kept)} in float: {tried or 'none'}); " + (
+                f"with every layer in float it scores {s.all_float.score:.4f} against {s.reference.score:.4f}, so "
+                f"the float weights themselves are outside the budget: for a QAT model, fine-tune longer or at a "
+                f"lower learning rate, or raise the budget"
+                if s.all_float.score < s.reference.score - budget / 100 else
+                "use quantization-aware training (int8=eager2trt.eager.qat.quantize_qat(...); resnet_torch.py "
+                "--qat-epochs N), another calibration, or a larger budget"))
     graph.checks = [searched]
     require(searched)
     graph.model = fb.model

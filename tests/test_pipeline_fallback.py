@@ -175,6 +175,27 @@ def test_a_given_int8_model_outside_the_budget_is_told_to_use_the_fallback(tmp_p
     assert not (tmp_path / "out" / contract.INT8_ONNX_MODIFIED).exists()
 
 
+def test_a_qat_fallback_whose_float_weights_miss_says_so(tmp_path):
+    # QAT on noise labels moved the weights: even every layer in float (the float twin) misses FP32's own labels,
+    # so no fallback can help and the sentence says why, instead of suggesting QAT to a QAT model
+    from eager2trt.eager import qat
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    fp32 = variance_preserving_init(QatTiny()).eval()
+    run = qat.quantize_qat(fp32, calibration(), noise_split(64, 2), noise_split(16, 3), epochs=1, calibration="minmax",
+                           device=torch.device("cpu"))
+    images, labels = labelled(fp32, 1, seed=7, size=64)
+    with pytest.raises(CheckFailed) as info:
+        quantize_to_tensorrt(fp32, calibration(), tmp_path / "out", images=images, labels=torch.cat(labels), fast=None,
+                             int8=run.int8, float_twin=run.float_model, accuracy_budget=0.0,
+                             holdout=labelled(fp32, 1, seed=8, size=64), fallback=True)
+    sentence = str(info.value)
+    assert info.value.check.name == "fallback_holdout_accuracy"
+    assert "with every layer in float it scores" in sentence and "the float weights themselves" in sentence
+    assert not (tmp_path / "out" / contract.INT8_ONNX_FALLBACK).exists()
+
+
 def test_float_twin_without_int8_is_refused(tmp_path):
     fp32 = variance_preserving_init(QatTiny()).eval()
     with pytest.raises(PipelineError, match="float_twin is the float model an int8= model was converted from"):

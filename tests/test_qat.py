@@ -113,3 +113,23 @@ def test_qat_refuses_no_calibration_batches_and_no_epochs():
         qat.calibrate(qat.prepare(build_model("resnet18")), [])
     with pytest.raises(PipelineError, match="epochs must be positive"):
         qat.quantize_qat(build_model("resnet18"), [], noise_split(8, 0), noise_split(8, 1), epochs=0)
+
+
+def test_a_qat_model_is_studied_with_its_float_twin(trained, tmp_path):
+    # the fallback of a QAT model: the FP32 ONNX stays the reference, but a layer kept in float takes the twin's
+    # weight and bias (the FP32 checkpoint's no longer round to the fine-tuned INT8 ones); every layer in float is
+    # then the twin itself
+    from eager2trt.graph import sensitivity as sens
+
+    fp32, int8, _, _, twin = trained
+    x = random_batches((1, 3, 32, 32), 1)[0]
+    export = onnx.load(str(export_onnx(int8, tmp_path / "int8.onnx", x)))
+    fp32_onnx = onnx.load(str(export_onnx(fp32, tmp_path / "fp32.onnx", x)))
+    twin_onnx = onnx.load(str(export_onnx(twin, tmp_path / "twin.onnx", x)))
+    batches = [b.numpy() for b in random_batches((16, 3, 32, 32), 2)]
+    s = sens.study(export, batches, fp32=fp32_onnx, float_from=twin_onnx, threads=1)
+    assert s.weights_source.startswith("the float model's ONNX (float_from)'s weights (all 21 matched")
+    assert s.float_biases == 21
+    every = onnx_logits(s.variant(s.layers), batches)
+    ref = onnx_logits(twin_onnx, batches)
+    assert abs(every - ref).max() <= 1e-4 * abs(ref).max()

@@ -343,7 +343,7 @@ def test_study_with_fp32_biases_analyses_the_graph_tensorrt_computes(tmp_path):
     # graph that needs no layer in float is still no longer PyTorch INT8's: it is held to FP32 and says why
     fp32, int8 = large_weight_graphs(tmp_path)
     batches = inputs(32)
-    plain, restored = sens.study(int8, batches, fp32=fp32), sens.study(int8, batches, fp32=fp32, biases_from=fp32)
+    plain, restored = sens.study(int8, batches, fp32=fp32), sens.study(int8, batches, fp32=fp32, float_from=fp32)
     assert plain.float_biases == 0 and restored.float_biases == 3
     biases = sorted(n.inputs[2].values.tobytes() for n in gs.import_onnx(fp32).nodes if n.op in ("Conv", "Gemm"))
     assert sorted(n.inputs[2].values.tobytes() for n in gs.import_onnx(restored.model).nodes

@@ -329,7 +329,7 @@ class Study:
     reference: Measurement
     int8: Measurement
     all_float: Measurement
-    float_biases: int = 0  # biases restored to unrounded float values in `model` (study(biases_from=...))
+    float_biases: int = 0  # biases restored to unrounded float values in `model` (study(float_from=...))
 
     def variant(self, float_layers: Iterable[Layer]) -> onnx.ModelProto:
         return with_float_layers(self.model, float_layers, self.weights)
@@ -349,24 +349,28 @@ def prepare(model: onnx.ModelProto, argument: str = "model") -> onnx.ModelProto:
 
 def study(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np.ndarray] = None,
           fp32: Optional[onnx.ModelProto] = None, threads: int = 0,
-          biases_from: Optional[onnx.ModelProto] = None) -> Study:
+          float_from: Optional[onnx.ModelProto] = None) -> Study:
     """Prepare `model`, find its layers, choose their float weights and measure the reference, the INT8 graph
     and the all-float graph on `batches` (float32 NCHW; `labels` one per image, or None for agreement).
-    `biases_from` (a float ONNX: the FP32 one, or a QAT model's float twin): the INT8 graph studied carries its
-    unrounded biases (restore_float_biases), as the fast and fallback graphs do; without it, `model` as given."""
+
+    `float_from`: the float ONNX of the model `model` quantizes (the FP32 one for PTQ; a QAT model's float twin,
+    whose weights fine-tuning moved away from FP32's): the INT8 graph studied carries its unrounded biases
+    (restore_float_biases), as the fast and fallback graphs do, and a layer kept in float takes its weight and
+    bias. Without it, `model` as given and `fp32`'s weights. `fp32` stays the reference either way."""
     if fp32 is not None and is_quantized(fp32):
         raise PipelineError("fp32 holds QuantizeLinear/DequantizeLinear nodes; pass the FP32 (unquantized) ONNX "
                             "as fp32, or None to compare against the INT8 graph with every Q/DQ removed")
     model = prepare(model)
     restored = 0
-    if biases_from is not None:
-        model, restored = restore_float_biases(model, biases_from)
+    if float_from is not None:
+        model, restored = restore_float_biases(model, float_from)
     graph = gs.import_onnx(model)
     layers = find_layers(graph)
     if not layers:
         raise PipelineError("the model's Q/DQ nodes quantize no activation or Conv/Gemm/MatMul weight; there is "
                             "nothing to analyse")
-    weights, source = _float_weights(graph, fp32)
+    weights, source = (_float_weights(graph, fp32) if float_from is None or float_from is fp32
+                       else _float_weights(graph, float_from, "the float model's ONNX (float_from)"))
     evaluator = Evaluator(batches, labels, threads)
     s = Study(model, layers, weights, source, evaluator, "", None, None, None, restored)  # measurements follow
     float_graph = s.variant(layers)
@@ -377,18 +381,19 @@ def study(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np
     return s
 
 
-def _float_weights(graph: gs.Graph, fp32: Optional[onnx.ModelProto]) -> tuple[dict[str, np.ndarray], str]:
+def _float_weights(graph: gs.Graph, fp32: Optional[onnx.ModelProto],
+                   name: str = "the FP32 ONNX") -> tuple[dict[str, np.ndarray], str]:
     dequant = {dq.outputs[0].name: dequantized(dq) for dq in weight_dequantizers(graph)}
     if fp32 is None:
         return dequant, ("dequantized int8 weights (no FP32 ONNX given: they compute what the quantized weights "
                          "compute, so weight quantization error is not measured)")
     found, missing = match_fp32_weights(graph, fp32)
     if missing:
-        return dequant, (f"dequantized int8 weights: {len(missing)} of {len(dequant)} weights have no FP32 ONNX "
-                         f"weight within half a quantization step (first: {missing[0]}), so weight quantization "
+        return dequant, (f"dequantized int8 weights: {len(missing)} of {len(dequant)} weights have no weight in "
+                         f"{name} within half a quantization step (first: {missing[0]}), so weight quantization "
                          f"error is not measured")
     biases = sum(k.endswith(":bias") for k in found)
-    return found, (f"the FP32 ONNX's weights (all {len(found) - biases} matched by op, shape and value) and their "
+    return found, (f"{name}'s weights (all {len(found) - biases} matched by op, shape and value) and their "
                    f"{biases} biases")
 
 

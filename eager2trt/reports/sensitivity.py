@@ -140,7 +140,7 @@ def sensitivity_report(model: onnx.ModelProto, output_dir: Path, fp32: Optional[
         batches, labels = random_inputs(images, tuple(input_shape), batch_size), None
         data = f"{images} random standard-normal inputs of shape {list(input_shape)} (seed 0), no labels"
     # the fallback graph carries the FP32 biases (as TensorRT reads a float bias), so its ranking is measured so
-    s = study(model, batches, labels, fp32, threads, biases_from=fp32 if fallback_path is not None else None)
+    s = study(model, batches, labels, fp32, threads, float_from=fp32 if fallback_path is not None else None)
     report = analyze(s, progress=progress, data=data)
     fb = None
     if fallback_path is not None:
