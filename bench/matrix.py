@@ -466,12 +466,13 @@ def markdown(rows: list, notes: list = ()) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0] if rows else {}
     env = first.get("environment", {})
+    gpu = next((g for r in rows for g in [((r.get("qat") or {}).get("environment") or {}).get("gpu")] if g), None)
     threads = sorted({r.get("threads") for r in rows if r.get("threads")})
     lines += ["", f"PyTorch INT8 on the {first.get('engine')} engine; calibration: {first.get('calib_images')} random "
               f"training images; auto chooses by top-1 on {first.get('holdout_images')} other training images, and "
               f"the fallback chooses its float layers on them too; accuracies on {first.get('test_images')} random "
               f"test images (the same for every column). Graph columns are TensorRT-ready Q/DQ graphs in onnxruntime "
-              f"(graph as written). Machine: {env.get('gpu')} (training, QAT), {env.get('cpu')} with "
+              f"(graph as written). Machine: {gpu} (training, QAT), {env.get('cpu')} with "
               f"{'-'.join(map(str, threads))} threads per model (CPU stages), torch {env.get('torch')}, onnxruntime "
               f"{env.get('onnxruntime')}. FP32 here is on the same test images; the training run's own 10,000-image "
               f"figure is in the JSON."]
