@@ -271,7 +271,7 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
     export_onnx(fp32, paths.fp32_onnx, example=example)
     export_onnx(int8, paths.int8_onnx, example=example)
     int8_ts = export_torchscript(int8, paths.int8_torchscript, example=example)
-    export = load_onnx(paths.int8_onnx)
+    export, fp32_onnx = load_onnx(paths.int8_onnx), load_onnx(paths.fp32_onnx)
     inputs = Inputs(random_batches((8, *example.shape[1:]), n=4), images, labels)
 
     out = {name: {k: logits(runner, v, desc=f"{name} ({k})") for k, v in inputs.sets().items()}
@@ -292,13 +292,14 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
         if holdout_arrays is not None:
             tolerated.add(checks[-1].name)
         else:
-            checks[-1] = _name_worst_layers(checks[-1], export, load_onnx(paths.fp32_onnx), images, labels,
+            checks[-1] = _name_worst_layers(checks[-1], export, fp32_onnx, images, labels,
                                             given_int8=given_int8)
     for c in checks:
         if c.name not in tolerated:
             require(c)
 
-    biases = _bias_source(float_twin, paths, example)  # the unrounded biases the fast and fallback graphs carry
+    # the float ONNX whose unrounded biases the fast and fallback graphs carry
+    biases = fp32_onnx if float_twin is None else _twin_onnx(float_twin, example)
     graphs = {"exact": make_graph(export, "exact")}
     if fast:
         graphs["fast"] = make_graph(export, "fast", fast, fp32=biases)
@@ -322,7 +323,7 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                      if c.name in ("exact_graph_accuracy", "int8_accuracy"))
         if not guard.passed:  # outside the budget: the graphs' FP32 guards are recorded, the fallback must pass
             tolerated |= {f"{g.mode}_graph_accuracy" for g in graphs.values()}
-            graphs["fallback"] = fallback_graph(export, load_onnx(paths.fp32_onnx), holdout_arrays, inputs,
+            graphs["fallback"] = fallback_graph(export, fp32_onnx, holdout_arrays, inputs,
                                                 accuracy["fp32"], accuracy_budget, biases)
             accuracy["fallback"] = graphs["fallback"].accuracy
             failed = [c.name for c in checks + [c for g in graphs.values() for c in g.checks]
@@ -343,11 +344,8 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                           notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values() if g.refused])
 
 
-def _bias_source(float_twin: Optional[torch.nn.Module], paths: ArtifactPaths, example) -> onnx.ModelProto:
-    """The float ONNX whose biases the fast and fallback graphs carry: the FP32 export, or `float_twin`'s (exported
-    to a temporary file: it is not an artifact of the run)."""
-    if float_twin is None:
-        return load_onnx(paths.fp32_onnx)
+def _twin_onnx(float_twin: torch.nn.Module, example) -> onnx.ModelProto:
+    """`float_twin` as ONNX, exported to a temporary file: it is not an artifact of the run."""
     with tempfile.TemporaryDirectory() as tmp:
         return load_onnx(export_onnx(float_twin.eval().cpu(), Path(tmp) / "float_twin.onnx", example=example))
 

@@ -155,16 +155,22 @@ def test_an_int8_model_from_qat_goes_through_the_same_checks(tmp_path):
     assert getattr(result.int8, "calibration_choice", None) is None
 
 
-def test_a_given_int8_model_outside_the_budget_is_told_to_use_the_fallback(tmp_path):
-    # calibration is not the fix for a model quantized elsewhere (QAT): the sentence names fallback=True, whose
-    # graph starts from the unrounded float biases
+@pytest.fixture(scope="module")
+def noise_qat():
+    """(FP32 QatTiny, QATResult) after one QAT epoch on noise labels: its weights moved away from FP32's."""
     from eager2trt.eager import qat
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     fp32 = variance_preserving_init(QatTiny()).eval()
-    run = qat.quantize_qat(fp32, calibration(), noise_split(64, 2), noise_split(16, 3), epochs=1, calibration="minmax",
-                           device=torch.device("cpu"))
+    return fp32, qat.quantize_qat(fp32, calibration(), noise_split(64, 2), noise_split(16, 3), epochs=1,
+                                  calibration="minmax", device=torch.device("cpu"))
+
+
+def test_a_given_int8_model_outside_the_budget_is_told_to_use_the_fallback(tmp_path, noise_qat):
+    # calibration is not the fix for a model quantized elsewhere (QAT): the sentence names fallback=True, whose
+    # graph starts from the unrounded float biases
+    fp32, run = noise_qat
     images, labels = labelled(fp32, 1, seed=7, size=64)  # FP32's own top-1: FP32 scores 1.0, any INT8 error shows
     with pytest.raises(CheckFailed) as failure:
         quantize_to_tensorrt(fp32, calibration(), tmp_path / "out", images=images, labels=torch.cat(labels),
@@ -175,16 +181,10 @@ def test_a_given_int8_model_outside_the_budget_is_told_to_use_the_fallback(tmp_p
     assert not (tmp_path / "out" / contract.INT8_ONNX_MODIFIED).exists()
 
 
-def test_a_qat_fallback_whose_float_weights_miss_says_so(tmp_path):
+def test_a_qat_fallback_whose_float_weights_miss_says_so(tmp_path, noise_qat):
     # QAT on noise labels moved the weights: even every layer in float (the float twin) misses FP32's own labels,
     # so no fallback can help and the sentence says why, instead of suggesting QAT to a QAT model
-    from eager2trt.eager import qat
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    fp32 = variance_preserving_init(QatTiny()).eval()
-    run = qat.quantize_qat(fp32, calibration(), noise_split(64, 2), noise_split(16, 3), epochs=1, calibration="minmax",
-                           device=torch.device("cpu"))
+    fp32, run = noise_qat
     images, labels = labelled(fp32, 1, seed=7, size=64)
     with pytest.raises(CheckFailed) as info:
         quantize_to_tensorrt(fp32, calibration(), tmp_path / "out", images=images, labels=torch.cat(labels), fast=None,

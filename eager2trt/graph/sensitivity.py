@@ -224,10 +224,15 @@ def restore_float_biases(model: onnx.ModelProto, fp32: onnx.ModelProto) -> tuple
     stem) the rounded biases alone took the exact graph from 0.61 to 0.40 top-1 (docs/accuracy.md)."""
     graph = gs.import_onnx(model)
     changed = set_float_biases(graph, match_fp32_weights(graph, fp32)[0])
+    return _exported(graph, model), changed
+
+
+def _exported(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """An edited copy of `like` back as a model: cleaned up, sorted, `like`'s IR version."""
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
-    out.ir_version = model.ir_version
-    return out, changed
+    out.ir_version = like.ir_version
+    return out
 
 
 def float_weights(graph: gs.Graph, values: dict[str, np.ndarray]) -> int:
@@ -258,10 +263,7 @@ def with_float_layers(model: onnx.ModelProto, layers: Iterable[Layer],
     if counts != (len(acts), len(keys)):
         raise PipelineError(f"only {counts[0]} of {len(acts)} activation and {counts[1]} of {len(keys)} weight layers "
                             f"were found in the graph; the layers do not belong to this model")
-    graph.cleanup().toposort()
-    out = gs.export_onnx(graph)
-    out.ir_version = model.ir_version
-    return out
+    return _exported(graph, model)
 
 
 # ---------------------------------------------------------------- measuring
@@ -361,18 +363,21 @@ def study(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np
         raise PipelineError("fp32 holds QuantizeLinear/DequantizeLinear nodes; pass the FP32 (unquantized) ONNX "
                             "as fp32, or None to compare against the INT8 graph with every Q/DQ removed")
     model = prepare(model)
+    graph = gs.import_onnx(model)
+    source = fp32 if float_from is None else float_from
+    matched = match_fp32_weights(graph, source) if source is not None else None  # once: weights and biases
     restored = 0
     if float_from is not None:
-        model, restored = restore_float_biases(model, float_from)
-    graph = gs.import_onnx(model)
+        restored = set_float_biases(graph, matched[0])
+        model = _exported(graph, model)
     layers = find_layers(graph)
     if not layers:
         raise PipelineError("the model's Q/DQ nodes quantize no activation or Conv/Gemm/MatMul weight; there is "
                             "nothing to analyse")
-    weights, source = (_float_weights(graph, fp32) if float_from is None or float_from is fp32
-                       else _float_weights(graph, float_from, "the float model's ONNX (float_from)"))
+    weights, described = _float_weights(graph, matched, "the FP32 ONNX" if float_from is None or float_from is fp32
+                                        else "the float model's ONNX (float_from)")
     evaluator = Evaluator(batches, labels, threads)
-    s = Study(model, layers, weights, source, evaluator, "", None, None, None, restored)  # measurements follow
+    s = Study(model, layers, weights, described, evaluator, "", None, None, None, restored)  # measurements follow
     float_graph = s.variant(layers)
     s.reference_name = "the FP32 ONNX" if fp32 is not None else "the INT8 graph with every Q/DQ removed"
     s.reference = evaluator.set_reference(fp32 if fp32 is not None else float_graph)
@@ -381,13 +386,14 @@ def study(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np
     return s
 
 
-def _float_weights(graph: gs.Graph, fp32: Optional[onnx.ModelProto],
-                   name: str = "the FP32 ONNX") -> tuple[dict[str, np.ndarray], str]:
+def _float_weights(graph: gs.Graph, matched: Optional[tuple], name: str) -> tuple[dict[str, np.ndarray], str]:
+    """The float weights of the layers: `matched` (match_fp32_weights' result against `name`) when every weight
+    found one, else the dequantized int8 weights; and a sentence saying which."""
     dequant = {dq.outputs[0].name: dequantized(dq) for dq in weight_dequantizers(graph)}
-    if fp32 is None:
+    if matched is None:
         return dequant, ("dequantized int8 weights (no FP32 ONNX given: they compute what the quantized weights "
                          "compute, so weight quantization error is not measured)")
-    found, missing = match_fp32_weights(graph, fp32)
+    found, missing = matched
     if missing:
         return dequant, (f"dequantized int8 weights: {len(missing)} of {len(dequant)} weights have no weight in "
                          f"{name} within half a quantization step (first: {missing[0]}), so weight quantization "
