@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Union
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
 
 from .errors import PipelineError
 
@@ -282,7 +282,8 @@ PREVIOUS_RUN = "previous-run"
 
 
 @contextlib.contextmanager
-def fresh_run(output_dir: Path, names: Iterable[str]) -> Iterator[Optional[Path]]:
+def fresh_run(output_dir: Path, names: Iterable[str],
+              keep_previous: Optional[Callable[[], bool]] = None) -> Iterator[Optional[Path]]:
     """Hold a run's artifacts `names` in `output_dir` together: an earlier run's are moved to
     <output_dir>/previous-run/ first (yielded; deleted once this run succeeds), and a marker says a run is in
     progress until the block ends without an exception. An interrupted run thus never leaves new exports
@@ -290,6 +291,8 @@ def fresh_run(output_dir: Path, names: Iterable[str]) -> Iterator[Optional[Path]
 
     Call it with the output folder locked (output_lock). A folder whose marker says an earlier run was
     interrupted holds that run's partial artifacts only; they are deleted, the earlier complete run stays aside.
+    A run that finished but failed a check (`keep_previous()` true at the end) leaves its checked files and keeps
+    the earlier run aside: neither is thrown away.
     """
     d = Path(output_dir)
     marker, aside = d / RUN_MARKER, d / PREVIOUS_RUN
@@ -317,7 +320,10 @@ def fresh_run(output_dir: Path, names: Iterable[str]) -> Iterator[Optional[Path]
             write_json(marker, {**started, "interrupted": True})
         raise
     marker.unlink(missing_ok=True)
-    shutil.rmtree(aside, ignore_errors=True)
+    if keep_previous is not None and keep_previous() and aside.is_dir():
+        print(f"notice: the earlier run's artifacts stay in {aside}", file=sys.stderr)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def check_complete(output_dir: Path) -> None:

@@ -27,9 +27,9 @@ import torch
 
 from . import contract
 from .artifacts import ensure_writable_dir, fresh_run, save_onnx
-from .checks import compare
+from .checks import compare, policy
 from .checks.agreement import agreement, scale_provenance
-from .checks.result import Check, require
+from .checks.result import Check, CheckFailed, require, require_all
 from .checks.rules import lint_checks
 from .contract import ArtifactPaths
 from .eager.calibration import DEFAULT_PERCENTILE
@@ -110,6 +110,7 @@ class PipelineResult:
     accuracy: dict  # fp32, int8, exact, fast: top-1 on the labelled images (empty without labels)
     logits: dict = field(default_factory=dict, repr=False)  # model -> input set -> logits
     notes: list = field(default_factory=list)  # what was not checked, and why
+    failure: Optional[Check] = None  # the check that failed the run (checks/policy.py), raised as CheckFailed
 
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
@@ -167,16 +168,18 @@ def check_exact(graph: Graph, export_logits: dict, atol: float = contract.EQUIVA
 
 def check_fast(graph: Graph, fp32_logits: dict, export_logits: dict, inputs: Inputs,
                reference: Optional[tuple] = None) -> None:
-    """Lint with the performance rules as errors; then, on labelled images, top-1 against the PyTorch INT8
-    `reference` (accuracy, name) minus the high precision's allowance, else the random-input error ratio."""
+    """Lint with the performance rules as errors, and the placement's defect check: the fast graph's logit error
+    against FP32 within FAST_ERROR_RATIO of the export's (real images when given, else the random inputs). With
+    labelled images and the PyTorch INT8 `reference` (accuracy, name), top-1 against it is recorded
+    (fast_accuracy, policy RECORD): the fast graph carries the unrounded FP32 biases PyTorch INT8 rounds, so it
+    is another function and a difference proves no defect; it is held to FP32 by its accuracy guard instead."""
     graph.checks = lint_checks(lint(graph.model, performance="error"), fix="use the exact graph for this model")
+    on = "real" if "real" in graph.logits else "random"
+    if on in fp32_logits:
+        graph.checks.append(compare.error_ratio(fp32_logits[on], export_logits[on], graph.logits[on]))
     if inputs.labels is not None and reference is not None:
-        acc, name = reference
-        graph.checks.append(compare.accuracy_at_least(
-            "fast_accuracy", graph.logits["real"], inputs.labels, acc, contract.FAST_ACCURACY_DROP[graph.high_precision],
-            name, fix="use the exact graph for this model", agreement_with=export_logits.get("real")))
-    elif fp32_logits:
-        graph.checks.append(compare.error_ratio(fp32_logits["random"], export_logits["random"], graph.logits["random"]))
+        graph.checks.append(compare.accuracy_recorded("fast_accuracy", graph.logits["real"], inputs.labels,
+                                                      *reference, agreement_with=export_logits.get("real")))
 
 
 def accuracy_guard(name: str, accuracy: float, fp32_accuracy: float, budget: float, what: str) -> Check:
@@ -247,9 +250,22 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     holdout_arrays = _check_fallback_arguments(fp32, holdout, images, labels, tuple(example.shape[1:])) \
         if fallback else None
     paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"))
-    with fresh_run(paths.output_dir, RUN_ARTIFACTS):
-        return _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast,
-                                     accuracy_budget, holdout, holdout_arrays, int8, float_twin)
+    done = []  # the finished run's result; a failed one keeps the earlier run's files aside (fresh_run)
+    with fresh_run(paths.output_dir, RUN_ARTIFACTS, keep_previous=lambda: done[0].failure is not None):
+        done.append(_quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast,
+                                          accuracy_budget, holdout, holdout_arrays, int8, float_twin))
+    result = done[0]
+    if result.failure is not None:
+        raise run_failed(result)
+    return result
+
+
+def run_failed(result: "PipelineResult") -> CheckFailed:
+    """The error of a run that finished with a failed check: its sentence, then what is on disk; the result rides
+    along (exc.result) so a caller can still read every check and the graphs that were written."""
+    exc = CheckFailed(replace(result.failure, fix=f"{result.failure.fix}; {on_disk(result)}".lstrip("; ")))
+    exc.result = result
+    return exc
 
 
 # what one quantize_to_tensorrt run writes: an earlier run's files are kept aside until this one completes
@@ -281,22 +297,13 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
     checks = [fusion, agreement(out["int8"]["real" if real else "random"], out["export"]["real" if real else "random"],
                                 out["fp32"]["real" if real else "random"], real=real, engine=engine),
               scale_provenance(int8, export)]
+    require_all(policy.failed(checks, policy.DEFECT))  # the model itself is wrong: nothing after this can help
     accuracy = {}
     if labels is not None:
         accuracy = {k: accuracy_of(out[k]["real"], labels) for k in ("fp32", "int8")}
         checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
                                      f"PyTorch INT8 ({engine} engine)"))
     notes = [] if labels is not None else [_accuracy_not_checked(out, "real" if real else "random")]
-    tolerated = set()  # failed accuracy guards that fallback=True records instead of raising
-    if labels is not None and not checks[-1].passed:
-        if holdout_arrays is not None:
-            tolerated.add(checks[-1].name)
-        else:
-            checks[-1] = _name_worst_layers(checks[-1], export, fp32_onnx, images, labels,
-                                            given_int8=given_int8)
-    for c in checks:
-        if c.name not in tolerated:
-            require(c)
 
     # the float ONNX whose unrounded biases the fast and fallback graphs carry
     biases = fp32_onnx if float_twin is None else _twin_onnx(float_twin, example)
@@ -317,31 +324,74 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
             g.checks.append(accuracy_guard(f"{g.mode}_graph_accuracy", g.accuracy, accuracy["fp32"], accuracy_budget,
                                            f"the {g.mode} graph"))
             accuracy[g.mode] = g.accuracy
-    if holdout_arrays is not None:
-        exact = graphs["exact"]
-        guard = next(c for c in (exact.checks if exact.model is not None else checks)
-                     if c.name in ("exact_graph_accuracy", "int8_accuracy"))
-        if not guard.passed:  # outside the budget: the graphs' FP32 guards are recorded, the fallback must pass
-            tolerated |= {f"{g.mode}_graph_accuracy" for g in graphs.values()}
-            graphs["fallback"] = fallback_graph(export, fp32_onnx, holdout_arrays, inputs,
-                                                accuracy["fp32"], accuracy_budget, biases)
-            accuracy["fallback"] = graphs["fallback"].accuracy
-            failed = [c.name for c in checks + [c for g in graphs.values() for c in g.checks]
-                      if c.name in tolerated and not c.passed]
-            notes += [f"{name} failed (recorded): outside the accuracy budget; the fallback graph "
-                      f"({paths.int8_onnx_fallback.name}) is within it" for name in failed]
-        elif tolerated:
-            notes.append(f"int8_accuracy failed (recorded): PyTorch INT8 is outside the accuracy budget but the exact "
-                         f"graph is within it ({guard.value:.4f}), so no fallback graph was needed")
-    _require_graphs(graphs, tolerated)
+    fallback = holdout_arrays is not None
+    if fallback and not any(_deployable(g) for g in graphs.values()):
+        graphs["fallback"] = fallback_graph(export, fp32_onnx, holdout_arrays, inputs, accuracy["fp32"],
+                                            accuracy_budget, biases)
+        accuracy["fallback"] = graphs["fallback"].accuracy
     for g in graphs.values():
-        if g.model is not None:
+        if _writable(g, fallback):
             write_graph(g, {"exact": paths.int8_onnx_modified, "fast": paths.int8_onnx_fast,
                             "fallback": paths.int8_onnx_fallback}[g.mode])
-    return PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, engine=engine, graphs=graphs,
-                          checks=checks + [c for g in graphs.values() for c in g.checks], accuracy=accuracy,
-                          logits={**out, **{g.mode: g.logits for g in graphs.values()}},
-                          notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values() if g.refused])
+    result = PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, engine=engine,
+                            graphs=graphs, checks=checks + [c for g in graphs.values() for c in g.checks],
+                            accuracy=accuracy, logits={**out, **{g.mode: g.logits for g in graphs.values()}},
+                            notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values()
+                                           if g.refused])
+    result.failure = _decide(result, fallback)
+    if result.failure is not None and result.failure.name == "int8_accuracy":
+        result.failure = _name_worst_layers(result.failure, export, fp32_onnx, images, labels, given_int8=given_int8)
+    result.notes += _recorded(result)
+    return result
+
+
+def _deployable(graph: Graph) -> bool:
+    """A graph made, free of defects, and within the accuracy budget (or not held to one: no labels)."""
+    return graph.model is not None and not policy.failed(graph.checks, policy.DEFECT) \
+        and not policy.failed(graph.checks, policy.BUDGET)
+
+
+def _writable(graph: Graph, fallback: bool) -> bool:
+    """What goes on disk: every graph free of defects and within the budget; with fallback=True the exact and fast
+    graphs outside it too (recorded: the references the fallback graph was searched from)."""
+    return graph.model is not None and not policy.failed(graph.checks, policy.DEFECT) \
+        and ((fallback and graph.mode != "fallback") or not policy.failed(graph.checks, policy.BUDGET))
+
+
+def _decide(result: PipelineResult, fallback: bool) -> Optional[Check]:
+    """The check that fails the run, or None; the order is checks/policy.py's. A graph's defect fails the run
+    (the other graphs were still made and written). Budget misses fail it unless fallback=True and some graph
+    on disk is within the budget; then they are recorded."""
+    defects = policy.failed(result.checks, policy.DEFECT)
+    if defects:
+        return defects[0]
+    misses = policy.failed(result.checks, policy.BUDGET)
+    if not misses or (fallback and any(_deployable(g) for g in result.graphs.values())):
+        return None
+    fb = result.graphs.get("fallback")
+    return policy.failed(fb.checks, policy.BUDGET)[-1] if fb is not None else misses[0]
+
+
+def _recorded(result: PipelineResult) -> list[str]:
+    """Notes for the budget misses a passing run recorded instead of raising (fallback=True)."""
+    if result.failure is not None:
+        return []
+    best = next((g for g in reversed(result.graphs.values()) if _deployable(g)), None)
+    return [f"{c.name} failed (recorded): outside the accuracy budget; the {best.mode} graph "
+            f"({best.path.name if best.path else 'not written'}) is within it"
+            for c in policy.failed(result.checks, policy.BUDGET)] if best is not None else []
+
+
+def on_disk(result: PipelineResult) -> str:
+    """Which TensorRT-ready graphs a run left on disk, for the sentence of a failed run."""
+    written = [f"the {g.mode} graph ({g.path}, {_within_words(g)})" for g in result.graphs.values() if g.path]
+    return "written: " + "; ".join(written) if written else "no TensorRT-ready graph was written"
+
+
+def _within_words(graph: Graph) -> str:
+    if graph.accuracy is None:
+        return "accuracy not checked"
+    return "within the accuracy budget" if _deployable(graph) else "outside the accuracy budget, recorded"
 
 
 def _twin_onnx(float_twin: torch.nn.Module, example) -> onnx.ModelProto:
@@ -410,7 +460,9 @@ def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout:
                 "use quantization-aware training (int8=eager2trt.eager.qat.quantize_qat(...); resnet_torch.py "
                 "--qat-epochs N), another calibration, or a larger budget"))
     graph.checks = [searched]
-    require(searched)
+    if not searched.passed:
+        graph.refused = f"no set of layers reached the budget on the held-out training images ({len(fb.kept)} tried)"
+        return graph
     graph.model = fb.model
     graph.performance = performance_summary(fb.model)
     graph.checks = lint_checks(lint(fb.model, performance="warning")) + [searched]
@@ -456,19 +508,6 @@ def _accuracy_not_checked(out: dict, inputs: str) -> str:
     rel = compare.relative_distance(out["int8"][inputs], out["fp32"][inputs])
     return (f"accuracy was not checked (no labels): PyTorch INT8 logits are {rel:.3f} relative distance from FP32 on "
             f"{len(out['int8'][inputs])} {inputs} inputs; pass images= and labels= (held-out real data) to check it")
-
-
-def _require_graphs(graphs: dict, tolerated: Iterable[str] = ()) -> None:
-    """Every graph that was made must pass all its checks (but the `tolerated` ones, recorded: the accuracy guards
-    a passing fallback graph replaces); at least one graph must have been made."""
-    tolerated = set(tolerated)
-    for g in graphs.values():
-        for c in g.checks:
-            if c.name not in tolerated:
-                require(c)
-    if all(g.model is None for g in graphs.values()):
-        reasons = "; ".join(f"{g.mode}: {g.refused}" for g in graphs.values())
-        raise PipelineError(f"no TensorRT-ready graph could be made ({reasons})")
 
 
 def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision: str = "fp32",
@@ -521,9 +560,16 @@ def _verify_fast_file(graph: Graph, export_logits: dict, inputs: Inputs, fp32_on
             ref = (accuracy_of(export_logits["real"], inputs.labels), "the input graph (= PyTorch INT8 up to rounding)")
     fp32_logits = {}
     if fp32_onnx is not None:
-        fp32_logits = {"random": logits(OnnxRunner(fp32_onnx), inputs.random, desc="FP32 graph")}
+        runner = OnnxRunner(fp32_onnx)
+        fp32_logits = {k: logits(runner, v, desc=f"FP32 graph ({k})") for k, v in inputs.sets().items()}
     agreement_checks = graph.checks
     check_fast(graph, fp32_logits, export_logits, inputs, ref)
+    if ref is not None and fp32_onnx is None:
+        # no FP32 ONNX: the fast graph keeps the source's biases and differs from it by placement alone
+        graph.checks.append(compare.accuracy_at_least(
+            "fast_placement_accuracy", graph.logits["real"], inputs.labels, ref[0],
+            contract.FAST_ACCURACY_DROP[graph.high_precision], ref[1], fix="use the exact graph for this model",
+            agreement_with=export_logits.get("real")))
     graph.checks = agreement_checks + graph.checks
     if ref is None and not fp32_logits:
         graph.checks.append(Check("fast_error_ratio", None, "not measured", True,

@@ -76,3 +76,17 @@ def accuracy_matches(name: str, logits: np.ndarray, labels, reference: float, re
                  detail=f"{len(logits)} images, {reference_name} {reference:.4f}, difference {100 * diff:+.2f} points",
                  fix=fix, figures={"accuracy": acc, "reference_accuracy": reference, "reference": reference_name,
                                    "difference": diff, "tolerance": tolerance, "samples": int(len(logits))})
+
+
+def accuracy_recorded(name: str, logits: np.ndarray, labels, reference: float, reference_name: str,
+                      agreement_with: Optional[np.ndarray] = None) -> Check:
+    """Top-1 of `logits` beside another computation's `reference`, recorded, never failed (checks/policy.py
+    RECORD): for two graphs that are not meant to compute the same function."""
+    acc = accuracy_of(logits, labels)
+    figures = {"accuracy": acc, "reference_accuracy": reference, "reference": reference_name,
+               "difference": acc - reference, "samples": int(len(logits))}
+    detail = f"{len(logits)} images, {reference_name} {reference:.4f}, difference {100 * (acc - reference):+.2f} points"
+    if agreement_with is not None:
+        figures["argmax_agreement"] = argmax_agreement(logits, agreement_with)
+        detail += f", argmax agreement {figures['argmax_agreement']:.2%}"
+    return Check(name, acc, "recorded", True, detail=detail, figures=figures)
