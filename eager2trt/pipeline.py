@@ -287,6 +287,7 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
         checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
                                      f"PyTorch INT8 ({engine} engine)"))
     notes = [] if labels is not None else [_accuracy_not_checked(out, "real" if real else "random")]
+    notes += _island_notes(int8)
     tolerated = set()  # failed accuracy guards that fallback=True records instead of raising
     if labels is not None and not checks[-1].passed:
         if holdout_arrays is not None:
@@ -342,6 +343,13 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                           checks=checks + [c for g in graphs.values() for c in g.checks], accuracy=accuracy,
                           logits={**out, **{g.mode: g.logits for g in graphs.values()}},
                           notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values() if g.refused])
+
+
+def _island_notes(int8: torch.nn.Module) -> list[str]:
+    """The float islands quantize() made (eager/layers.py), said once: module paths of the float model."""
+    islands = getattr(int8, "float_islands", [])
+    return [f"float islands (kept in float between Q/DQ, run by TensorRT in high precision): {', '.join(islands)}"] \
+        if islands else []
 
 
 def _twin_onnx(float_twin: torch.nn.Module, example) -> onnx.ModelProto:
