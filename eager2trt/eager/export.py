@@ -1,7 +1,11 @@
 """ONNX and TorchScript exports with a named input, a named output and a dynamic batch dimension."""
 
 import contextlib
+import inspect
 import io
+import os
+import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,8 +18,8 @@ from ..errors import PipelineError
 
 def _example(example: torch.Tensor) -> torch.Tensor:
     """One input for tracing, the first of `example`: its CHW becomes the graph's fixed image size."""
-    if not isinstance(example, torch.Tensor) or example.dim() != 4:
-        raise PipelineError(f"the export needs an example float NCHW batch of the model's input size, got "
+    if not isinstance(example, torch.Tensor) or example.dim() not in (3, 4):
+        raise PipelineError(f"the export needs an example float NCHW (or NCL) batch of the model's input size, got "
                             f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}; pass example=a "
                             f"calibration batch")
     return example[:1].detach().cpu().float()
@@ -34,30 +38,136 @@ def _quantized_chunk(g, self, chunks: int, dim: int):
             for part in symbolic_opset11.prim_constant_chunk(g, value, chunks, dim)]
 
 
+def _quantized_relu6(g, self, inplace=None):
+    """quantized::relu6 (nnq.ReLU6, which keeps its input's scale and zero point) as DequantizeLinear -> Clip(0, 6)
+    -> QuantizeLinear with those: exact, since clipping at 0 and 6 then quantizing with the input's parameters
+    clamps the input's integers at the zero point and at 6's quantized value, as the quantized kernel does."""
+    from torch.onnx._internal.torchscript_exporter import symbolic_helper
+
+    value, scale, zero_point, _ = symbolic_helper.dequantize_helper(g, self)
+    low, high = (g.op("Constant", value_t=torch.tensor(v, dtype=torch.float)) for v in (0.0, 6.0))
+    return symbolic_helper.quantize_helper(g, g.op("Clip", value, low, high), scale, zero_point)
+
+
+def _copy_on_quantized(float_symbolic):
+    """A data-movement symbolic that also takes quantized tensors: dequantize, move, requantize with the input's
+    scale and zero point (exact: moving values commutes with per-tensor quantization)."""
+    def symbolic(g, self, *args):
+        from torch.onnx._internal.torchscript_exporter import symbolic_helper
+
+        if not symbolic_helper._is_tuple_construct(self):
+            return float_symbolic(g, self, *args)
+        value, scale, zero_point, _ = symbolic_helper.dequantize_helper(g, self)
+        return symbolic_helper.quantize_helper(g, float_symbolic(g, value, *args), scale, zero_point)
+    return symbolic
+
+
+def _squeeze(g, self, dim=None):
+    """aten::squeeze by the traced shapes: a Squeeze on the dimension when tracing removed it, else the input as is.
+    The exporter's own writes an If on a quantized tensor (its shape unknown there), which no symbolic after it
+    can read as quantized."""
+    from torch.onnx._internal.torchscript_exporter import symbolic_helper
+
+    before, after = (v.type().dim() if v.type().kind() == "TensorType" else None
+                     for v in (g.original_node.inputsAt(0), g.original_node.output()))
+    if before is not None and before == after:
+        return self  # nothing was squeezed at trace time
+    if dim is None or not symbolic_helper._is_constant(dim):
+        return g.op("Squeeze", self)
+    axis = symbolic_helper._get_const(dim, "i", "dim")
+    return symbolic_helper._squeeze_helper(g, self, [axis + before if axis < 0 and before else axis])
+
+
+def _symbolics() -> dict:
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset11
+
+    return {"prim::ConstantChunk": _quantized_chunk, "quantized::relu6": _quantized_relu6,
+            "aten::pixel_shuffle": _copy_on_quantized(symbolic_opset11.pixel_shuffle),
+            "aten::squeeze": _copy_on_quantized(_squeeze)}
+
+
 @contextlib.contextmanager
 def _quantized_symbolics(opset: int):
     """Register the symbolics the TorchScript exporter lacks for quantized tensors for one export, then remove
-    them (torch 2.x exports a quantized chunk as a float Slice, which the next quantized op cannot read)."""
-    torch.onnx.register_custom_op_symbolic("prim::ConstantChunk", _quantized_chunk, opset)
+    them (torch 2.x exports a quantized chunk as a float Slice, which the next quantized op cannot read; it has
+    none for quantized::relu6 and writes pixel_shuffle and squeeze for float tensors only)."""
+    symbolics = _symbolics()
+    for name, fn in symbolics.items():
+        torch.onnx.register_custom_op_symbolic(name, fn, opset)
     try:
         yield
     finally:
-        torch.onnx.unregister_custom_op_symbolic("prim::ConstantChunk", opset)
+        for name in symbolics:
+            torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
+class _InputOnly(torch.nn.Module):
+    """forward(x) for a model whose forward takes more, optional, arguments (`forward(x, targets=None)`): the
+    exporter would bind the defaults as graph inputs and fail on None."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def input_only(model: torch.nn.Module) -> torch.nn.Module:
+    """`model`, or `model` wrapped so that it takes its one input alone when forward has further parameters."""
+    params = list(inspect.signature(model.forward).parameters.values())
+    return _InputOnly(model) if len(params) > 1 else model
+
+
+@contextlib.contextmanager
+def _stderr_kept_back():
+    """Hold back what the exporter prints to the process's stderr (torch 2.x logs the whole TorchScript graph there
+    when an export fails: onnx logging is left on by setup_onnx_logging); it is printed only if the export works."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                os.write(2, held.read())
+
+
+def _export_failure(exc: Exception, what: str) -> str:
+    """One sentence for a failed ONNX export: the module path (from the node's scope), the operator and the fix."""
+    text = str(exc)
+    op = re.search(r"operator '([\w:.]+)'", text) or re.search(r"= (?:onnx|aten|quantized)::(\w+)", text)
+    scope = re.search(r"scope: ([^#\n]+)", text)
+    path = ".".join(part.rsplit("::", 1)[-1] for part in scope.group(1).strip().split("/")[1:]) if scope else ""
+    where = f" at {path}" if path else ""
+    kind = f" ({op.group(1)})" if op else ""
+    return (f"the ONNX export of the {what} model fails{where}{kind}: {text.strip().splitlines()[0][:160]}; use a "
+            f"layer of the table in docs/bring_your_own_model.md there, as a module (nn.GELU, not F.gelu), so the "
+            f"pipeline can keep it in float")
 
 
 def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor, opset: int = OPSET) -> Path:
     """Export FP32 or eager-quantized INT8 `model` with the TorchScript exporter (the one that emits Q/DQ);
     the file is written only once onnx.checker and onnxruntime accept it. The batch dimension is dynamic, the
     image size is `example`'s (an NCHW batch)."""
-    model = model.eval().cpu()
+    model = input_only(model.eval().cpu())
     example = _example(example)
     buf = io.BytesIO()
+    what = "INT8" if any(getattr(p, "is_quantized", False) for p in model.state_dict().values()) else "FP32"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not actionable here
-        with _quantized_symbolics(opset):
-            torch.onnx.export(model, (example,), buf, opset_version=opset, dynamo=False,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        try:
+            with _quantized_symbolics(opset), _stderr_kept_back():
+                torch.onnx.export(model, (example,), buf, opset_version=opset, dynamo=False,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        except Exception as exc:  # the exporter raises SymbolicValueError, UnsupportedOperatorError, RuntimeError...
+            raise PipelineError(_export_failure(exc, what)) from None
     return save_onnx(buf.getvalue(), path)
 
 
@@ -66,7 +176,11 @@ def export_torchscript(model: torch.nn.Module, path: Path, example: torch.Tensor
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model.eval().cpu(), _example(example))
+        try:
+            traced = torch.jit.trace(input_only(model.eval().cpu()), _example(example))
+        except Exception as exc:  # tracing raises RuntimeError, TypeError... for what it cannot record
+            raise PipelineError(f"TorchScript cannot trace the INT8 model ({str(exc).strip().splitlines()[0][:160]});"
+                                f" make forward() take the input tensor and return one tensor") from None
         torch.jit.save(traced, buf)  # in memory: torch.jit.save aborts the process when the disk is full
     write_bytes(path, buf.getvalue())
     return traced
