@@ -5,6 +5,7 @@ import inspect
 import io
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -120,19 +121,25 @@ def input_only(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _stderr_kept_back():
-    """Hold back what the exporter prints to the process's stderr (torch 2.x logs the whole TorchScript graph there
-    when an export fails: onnx logging is left on by setup_onnx_logging); it is printed only if the export works."""
-    saved = os.dup(2)
+def _output_kept_back():
+    """Hold back what the exporter prints to the process's stdout and stderr (torch 2.x logs the whole TorchScript
+    graph when an export fails: setup_onnx_logging leaves onnx logging on); it is printed only if the export works."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
+        for fd in saved:
+            os.dup2(held.fileno(), fd)
         ok = False
         try:
             yield
             ok = True
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
             if ok:
                 held.seek(0)
                 os.write(2, held.read())
@@ -144,11 +151,15 @@ def _export_failure(exc: Exception, what: str) -> str:
     op = re.search(r"operator '([\w:.]+)'", text) or re.search(r"= (?:onnx|aten|quantized)::(\w+)", text)
     scope = re.search(r"scope: ([^#\n]+)", text)
     path = ".".join(part.rsplit("::", 1)[-1] for part in scope.group(1).strip().split("/")[1:]) if scope else ""
-    where = f" at {path}" if path else ""
+    where = f" at {path or 'the model itself'}" if scope else ""
     kind = f" ({op.group(1)})" if op else ""
-    return (f"the ONNX export of the {what} model fails{where}{kind}: {text.strip().splitlines()[0][:160]}; use a "
-            f"layer of the table in docs/bring_your_own_model.md there, as a module (nn.GELU, not F.gelu), so the "
-            f"pipeline can keep it in float")
+    fix = ("use a layer of the table in docs/bring_your_own_model.md, as a module (nn.GELU, not F.gelu), so the "
+           "pipeline can keep it in float")
+    if "to be a quantized tensor" in text:  # the float value came from an operation before this node
+        return (f"the ONNX export of the {what} model fails{where}{kind}, which receives a float tensor where a "
+                f"quantized one is expected: an operation before it has no quantized ONNX "
+                f"form, typically a functional call such as F.gelu on a quantized tensor; {fix}")
+    return f"the ONNX export of the {what} model fails{where}{kind}: {text.strip().splitlines()[0][:160]}; {fix}"
 
 
 def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor, opset: int = OPSET) -> Path:
@@ -162,7 +173,7 @@ def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor, opset
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not actionable here
         try:
-            with _quantized_symbolics(opset), _stderr_kept_back():
+            with _quantized_symbolics(opset), _output_kept_back():
                 torch.onnx.export(model, (example,), buf, opset_version=opset, dynamo=False,
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
