@@ -130,8 +130,8 @@ def _check_values(x: np.ndarray, name: str, channels: int, chw: Optional[tuple],
         raise PipelineError(f"{name} is an empty batch (shape {x.shape}); pass batches of at least one image")
     if x.shape[1] != channels:
         hint = " (e.g. x.expand(-1, 3, -1, -1) for grayscale images)" if channels == 3 and x.shape[1] == 1 else ""
-        raise PipelineError(f"{name} has {x.shape[1]} channels but the model's first convolution"
-                            f"{f' ({conv})' if conv else ''} takes {channels}; pass {channels}-channel inputs{hint}")
+        raise PipelineError(f"{name} has {x.shape[1]} channels but the model's first convolution takes {channels}"
+                            f"{f' ({conv})' if conv else ''}; pass {channels}-channel inputs{hint}")
     if chw is not None and tuple(x.shape[1:]) != tuple(chw):
         raise PipelineError(f"{name} has images of shape {tuple(x.shape[1:])}, the model was given "
                             f"{tuple(chw)}; pass images of one size throughout")

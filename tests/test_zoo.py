@@ -120,7 +120,7 @@ def test_conv1d_and_one_channel_inputs_are_told_their_own_layout(tmp_path):
         quantize_to_tensorrt(conv1d, [torch.randn(1, 64)], tmp_path)
     with pytest.raises(PipelineError) as exc:
         quantize_to_tensorrt(sr, [torch.randn(2, 3, 16, 16)], tmp_path)
-    assert str(exc.value).endswith("has 3 channels but the model's first convolution (c1.0) takes 1; pass 1-channel "
+    assert str(exc.value).endswith("has 3 channels but the model's first convolution takes 1 (c1.0); pass 1-channel "
                                    "inputs")
 
 
