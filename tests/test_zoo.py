@@ -102,7 +102,7 @@ class _Unpreparable(zoo.ActivationNet):
 @pytest.mark.parametrize("model, words", [
     (_Functional(F.gelu), ["ONNX export of the INT8 model fails at head (Flatten), which receives a float tensor",
                            "F.gelu", "nn.GELU"]),
-    (_Functional(F.silu), ["does not run", "at block", "nn.SiLU"]),
+    (_Functional(F.silu), ["does not run", "in the model's own forward()", "nn.SiLU"]),
     (_Unpreparable(), ["cannot prepare extra.0 (ConvTranspose3d)", "qconfig = None"]),
 ])
 def test_a_layer_it_cannot_take_is_one_sentence_naming_its_path(model, words, tmp_path):

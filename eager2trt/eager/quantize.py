@@ -149,18 +149,23 @@ def _convert_on_a_faithful_engine(prepared, example, candidates, activation_dtyp
 
 
 def _run_failure(int8: torch.nn.Module, example: torch.Tensor) -> Optional[str]:
-    """None when the INT8 model runs on `example` (one image of the calibration data), else the module that failed
-    (the last one entered: a functional call fails inside its parent) and the first line of why."""
-    entered = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: entered.append(name))
-             for name, m in int8.named_modules() if name]
+    """None when the INT8 model runs on `example` (one image of the calibration data), else where it failed (the
+    innermost module entered and not left: a functional call fails in the forward() that makes it) and why."""
+    open_modules = []
+
+    def leave(module, args, out) -> None:  # a forward hook that returned a value would replace the output
+        open_modules.pop()
+
+    hooks = [h for name, m in int8.named_modules() if name
+             for h in (m.register_forward_pre_hook(lambda mod, args, name=name: open_modules.append(name)),
+                       m.register_forward_hook(leave))]
     try:
         with torch.no_grad():
             int8(example)
         return None
     except (RuntimeError, NotImplementedError) as exc:
-        where = f"at {entered[-1]}: " if entered else ""
-        return f"{where}{str(exc).strip().splitlines()[0][:160]}"
+        where = f"in {open_modules[-1]}" if open_modules else "in the model's own forward()"
+        return f"{where}: {str(exc).strip().splitlines()[0][:160]}"
     finally:
         for h in hooks:
             h.remove()
