@@ -23,7 +23,9 @@ ISLANDS = {"se_sigmoid_mul": ["gate"], "gelu": ["b1.2", "b2.2"], "elu": ["b1.2",
            "mish": ["b1.2", "b2.2"], "batchnorm_after_add": ["bn"],
            "groupnorm_tanh": ["norm", "act"]}
 # models whose pipeline run raises a PipelineError today, and the words its sentence must hold
-REFUSED = {"fpn_nearest_add": "residual_add_fusable"}
+REFUSED = {}
+# residual Adds fusable in the fast graph (Conv + Add in one TensorRT kernel), of all residual Adds
+FUSABLE_ADDS = {"fpn_nearest_add": "1/1", "batchnorm_after_add": "1/1"}
 
 
 @pytest.fixture(scope="module", params=list(zoo.ZOO))
@@ -49,6 +51,8 @@ def test_graphs_written_lint_clean_and_exact_bit_exact(converted):
     equivalence = next(c for c in exact.checks if c.name == "equivalence")
     assert equivalence.value <= EQUIVALENCE_ATOL
     assert result.check("agreement").passed
+    perf = fast.performance
+    assert f"{perf['fusable_residual_adds']}/{perf['residual_adds']}" == FUSABLE_ADDS.get(name, "0/0")
 
 
 def test_float_islands_are_the_tables_and_said_once(converted):
