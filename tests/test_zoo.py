@@ -84,6 +84,23 @@ def test_convtranspose_on_an_engine_that_miscomputes_it_is_kept_in_float(tmp_pat
     assert next(c for c in result.graphs["exact"].checks if c.name == "equivalence").value <= EQUIVALENCE_ATOL
 
 
+@pytest.mark.parametrize("name", ["unet_convtranspose", "batchnorm_after_add"])
+def test_qat_keeps_the_same_islands_and_convtranspose_engine(name, tmp_path):
+    """QAT's prepare wraps the table's islands and gives ConvTranspose per-tensor weights as PTQ does (calibrated
+    only, no training: the structure is what is tested); its INT8 model goes through the pipeline with int8=."""
+    from eager2trt.eager import qat
+
+    model = qat.prepare(zoo.build(name))
+    int8 = qat.convert(model, qat.calibrate(model, zoo.calibration(name)))
+    assert int8.float_islands == ISLANDS.get(name, [])
+    if name == "unet_convtranspose":
+        assert computes_conv_transpose(torch.backends.quantized.engine)
+    result = quantize_to_tensorrt(zoo.build(name), zoo.calibration(name), tmp_path, int8=int8,
+                                  float_twin=qat.float_twin(model))
+    assert next(c for c in result.graphs["exact"].checks if c.name == "equivalence").value <= EQUIVALENCE_ATOL
+    assert result.graphs["fast"].path.is_file()
+
+
 class _Functional(zoo.Stubbed):
     """A conv block with a functional activation on the quantized tensor, which no module wrap can reach."""
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
-from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules
+from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules, fuse_modules_qat
 
 C = 8  # channels of every small model
 
@@ -23,12 +23,17 @@ def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, act
                          act())
 
 
-def fuse_cbr(model: nn.Module) -> None:
+def fuse(model: nn.Module, names: list, is_qat=None) -> None:
+    """torch.ao's fuse_modules in place, or fuse_modules_qat for quantization-aware training (as torchvision's)."""
+    (fuse_modules_qat if is_qat else fuse_modules)(model, names, inplace=True)
+
+
+def fuse_cbr(model: nn.Module, is_qat=None) -> None:
     """Fuse every cbr() block in place: conv+bn+relu, or conv+bn when its activation is not a ReLU."""
-    for m in model.modules():
-        if isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[0], nn.Conv2d) \
-                and isinstance(m[1], nn.BatchNorm2d):
-            fuse_modules(m, ["0", "1", "2"] if type(m[2]) is nn.ReLU else ["0", "1"], inplace=True)
+    blocks = [m for m in model.modules() if type(m) is nn.Sequential and len(m) == 3  # not a fused module
+              and isinstance(m[0], nn.Conv2d) and isinstance(m[1], nn.BatchNorm2d)]
+    for m in blocks:
+        fuse(m, ["0", "1", "2"] if type(m[2]) is nn.ReLU else ["0", "1"], is_qat)
 
 
 class Stubbed(nn.Module):
@@ -43,7 +48,7 @@ class Stubbed(nn.Module):
 
     def fuse_model(self, is_qat=None):
         """Fuse conv+bn(+relu) in place; numerics unchanged."""
-        fuse_cbr(self)
+        fuse_cbr(self, is_qat)
 
 
 class Head(nn.Module):
@@ -129,8 +134,8 @@ class SENet(Stubbed):
         return self.head(self.mul.mul(f, g))
 
     def fuse_model(self, is_qat=None):
-        fuse_cbr(self)
-        fuse_modules(self, ["fc1", "relu"], inplace=True)
+        fuse_cbr(self, is_qat)
+        fuse(self, ["fc1", "relu"], is_qat)
 
 
 class Conv1dNet(Stubbed):
@@ -147,7 +152,7 @@ class Conv1dNet(Stubbed):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
     def fuse_model(self, is_qat=None):
-        fuse_modules(self.features, [["0", "1", "2"], ["4", "5", "6"]], inplace=True)
+        fuse(self.features, [["0", "1", "2"], ["4", "5", "6"]], is_qat)
 
 
 class SuperResolution(Stubbed):

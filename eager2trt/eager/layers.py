@@ -15,6 +15,7 @@ import copy
 from dataclasses import dataclass
 
 from torch import nn
+from torch.ao.nn.intrinsic import _FusedModule
 from torch.ao.quantization import DeQuantStub, QuantStub
 
 INT8, FLOAT = "INT8", "float island"
@@ -70,9 +71,12 @@ def layer_of(module: nn.Module):
 
 
 def find_islands(model: nn.Module, extra: tuple = ()) -> list[str]:
-    """Module paths of the leaf modules kept in float: the table's islands and any of the types `extra`."""
+    """Module paths of the leaf modules kept in float: the table's islands and any of the types `extra`; never a
+    part of a fused module (QAT fusion keeps the BatchNorm inside ConvBn2d, which quantizes it with the conv)."""
     kinds = ISLAND_TYPES + tuple(extra)
-    return [name for name, m in model.named_modules() if name and type(m) in kinds and not list(m.children())]
+    fused = [name for name, m in model.named_modules() if isinstance(m, _FusedModule)]
+    return [name for name, m in model.named_modules() if name and type(m) in kinds and not list(m.children())
+            and not any(name.startswith(f"{f}.") for f in fused)]
 
 
 class FloatIsland(nn.Sequential):

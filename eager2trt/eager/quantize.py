@@ -153,11 +153,11 @@ def _run_failure(int8: torch.nn.Module, example: torch.Tensor) -> Optional[str]:
     innermost module entered and not left: a functional call fails in the forward() that makes it) and why."""
     open_modules = []
 
-    def leave(module, args, out) -> None:  # a forward hook that returned a value would replace the output
+    def leave(module, inputs, out) -> None:  # a forward hook that returned a value would replace the output
         open_modules.pop()
 
     hooks = [h for name, m in int8.named_modules() if name
-             for h in (m.register_forward_pre_hook(lambda mod, args, name=name: open_modules.append(name)),
+             for h in (m.register_forward_pre_hook(lambda mod, inputs, name=name: open_modules.append(name)),
                        m.register_forward_hook(leave))]
     try:
         with torch.no_grad():
