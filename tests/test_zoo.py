@@ -68,7 +68,7 @@ def test_float_islands_are_the_tables_and_said_once(converted):
 
 def test_convtranspose_runs_on_an_engine_that_computes_it(converted):
     name, result = converted
-    if name == "unet_convtranspose":
+    if name in ("unet_convtranspose", "conv1d_autoencoder"):
         assert computes_conv_transpose(result.engine)
         assert "ConvTranspose" in [n.op_type for n in result.graphs["exact"].model.graph.node]
 
@@ -112,6 +112,13 @@ class _Functional(zoo.Stubbed):
         return self.head(self.fn(self.block(x)))
 
 
+class _PlainSqueeze(zoo.SqueezeNet):
+    """`.squeeze()` without a dimension on the quantized pooled map."""
+
+    def body(self, x):
+        return self.fc(self.pool(self.stem(x)).squeeze())
+
+
 class _Unpreparable(zoo.ActivationNet):
     """An unused ConvTranspose3d: eager prepare refuses its per-channel weight observer."""
 
@@ -125,6 +132,7 @@ class _Unpreparable(zoo.ActivationNet):
                            "F.gelu", "nn.GELU"]),
     (_Functional(F.silu), ["does not run", "in the model's own forward()", "nn.SiLU"]),
     (_Unpreparable(), ["cannot prepare extra.0 (ConvTranspose3d)", "qconfig = None"]),
+    (_PlainSqueeze(), ["the model's forward() calls .squeeze() without a dimension", "x.squeeze(-1).squeeze(-1)"]),
 ])
 def test_a_layer_it_cannot_take_is_one_sentence_naming_its_path(model, words, tmp_path):
     with pytest.raises(PipelineError) as exc:

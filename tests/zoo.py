@@ -155,6 +155,21 @@ class Conv1dNet(Stubbed):
         fuse(self.features, [["0", "1", "2"], ["4", "5", "6"]], is_qat)
 
 
+class Conv1dAutoencoder(Stubbed):
+    """A 1-D denoising autoencoder on one-channel signals: strided Conv1d down, ConvTranspose1d up."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv1d(1, C, 4, stride=2, padding=1), nn.ReLU())
+        self.dec = nn.ConvTranspose1d(C, 1, 4, stride=2, padding=1)
+
+    def body(self, x):
+        return self.dec(self.enc(x))
+
+    def fuse_model(self, is_qat=None):
+        fuse(self.enc, ["0", "1"], is_qat)
+
+
 class SuperResolution(Stubbed):
     """ESPCN-style x2 super-resolution on the luma channel (N, 1, H, W): convs, then PixelShuffle."""
 
@@ -193,6 +208,19 @@ class BatchNormAfterAdd(Stubbed):
     def body(self, x):
         f = self.stem(x)
         return self.head(self.relu(self.bn(self.add.add(self.conv(f), f))))
+
+
+class PoolDropoutUpsample(Stubbed):
+    """Average pooling, Dropout (gone in eval) and a bilinear nn.Upsample module before the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.avg, self.drop = cbr(3, C), nn.AvgPool2d(2), nn.Dropout(0.1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.head = Head(C)
+
+    def body(self, x):
+        return self.head(self.up(self.drop(self.avg(self.stem(x)))))
 
 
 class GroupNormTanh(Stubbed):
@@ -247,6 +275,7 @@ ZOO = {
     "aspp_bilinear_cat": (ASPP, (3, 16, 16)),
     "se_sigmoid_mul": (SENet, (3, 16, 16)),
     "conv1d_1ch": (Conv1dNet, (1, 64)),
+    "conv1d_autoencoder": (Conv1dAutoencoder, (1, 32)),
     "superres_pixelshuffle": (SuperResolution, (1, 16, 16)),
     "vgg_relu6": (_relu6, (3, 16, 16)),
     "hardswish": (lambda: ActivationNet(nn.Hardswish), (3, 16, 16)),
@@ -256,6 +285,7 @@ ZOO = {
     "silu": (lambda: ActivationNet(nn.SiLU), (3, 16, 16)),
     "mish": (_mish, (3, 16, 16)),
     "batchnorm_after_add": (BatchNormAfterAdd, (3, 16, 16)),
+    "avgpool_dropout_upsample": (PoolDropoutUpsample, (3, 16, 16)),
     "groupnorm_tanh": (GroupNormTanh, (3, 16, 16)),
     "squeeze": (SqueezeNet, (3, 16, 16)),
     "forward_targets": (WithTargets, (3, 16, 16)),

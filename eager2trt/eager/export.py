@@ -50,16 +50,18 @@ def _quantized_relu6(g, self, inplace=None):
     return symbolic_helper.quantize_helper(g, g.op("Clip", value, low, high), scale, zero_point)
 
 
-def _copy_on_quantized(float_symbolic):
-    """A data-movement symbolic that also takes quantized tensors: dequantize, move, requantize with the input's
-    scale and zero point (exact: moving values commutes with per-tensor quantization)."""
+def _copy_on_quantized(float_symbolic, quantized_symbolic=None):
+    """A data-movement symbolic that also takes quantized tensors: dequantize, move (with `quantized_symbolic`,
+    default `float_symbolic`), requantize with the input's scale and zero point (exact: moving values commutes with
+    per-tensor quantization)."""
     def symbolic(g, self, *args):
         from torch.onnx._internal.torchscript_exporter import symbolic_helper
 
         if not symbolic_helper._is_tuple_construct(self):
             return float_symbolic(g, self, *args)
         value, scale, zero_point, _ = symbolic_helper.dequantize_helper(g, self)
-        return symbolic_helper.quantize_helper(g, float_symbolic(g, value, *args), scale, zero_point)
+        moved = (quantized_symbolic or float_symbolic)(g, value, *args)
+        return symbolic_helper.quantize_helper(g, moved, scale, zero_point)
     return symbolic
 
 
@@ -79,12 +81,25 @@ def _squeeze(g, self, dim=None):
     return symbolic_helper._squeeze_helper(g, self, [axis + before if axis < 0 and before else axis])
 
 
+def _squeeze_with_dims(g, self, dim=None):
+    """_squeeze, refusing `x.squeeze()` without a dim on a quantized tensor in one sentence: the exporter does not
+    know a quantized tensor's shape, so it cannot tell which dimensions that drops (and the Linear after it is
+    written as MatMul + Add with an int32 bias DequantizeLinear TensorRT rejects)."""
+    if dim is None:
+        path = _scope_path(g.original_node.scopeName())
+        where = f"forward() of {path}" if path else "the model's forward()"
+        raise PipelineError(f"{where} calls .squeeze() without a dimension on a quantized tensor, whose "
+                            f"shape the ONNX exporter does not know; name the dimensions (x.squeeze(-1).squeeze(-1)) "
+                            f"or use torch.flatten(x, 1)")
+    return _squeeze(g, self, dim)
+
+
 def _symbolics() -> dict:
     from torch.onnx._internal.torchscript_exporter import symbolic_opset11
 
     return {"prim::ConstantChunk": _quantized_chunk, "quantized::relu6": _quantized_relu6,
             "aten::pixel_shuffle": _copy_on_quantized(symbolic_opset11.pixel_shuffle),
-            "aten::squeeze": _copy_on_quantized(_squeeze)}
+            "aten::squeeze": _copy_on_quantized(_squeeze, _squeeze_with_dims)}
 
 
 @contextlib.contextmanager
@@ -145,12 +160,17 @@ def _output_kept_back():
                 os.write(2, held.read())
 
 
+def _scope_path(scope: str) -> str:
+    """The module path in a TorchScript scope ("pkg.Model::/torch.nn.Sequential::b1/pkg.Conv::0" -> "b1.0")."""
+    return ".".join(part.rsplit("::", 1)[-1] for part in scope.strip().split("/")[1:])
+
+
 def _export_failure(exc: Exception, what: str) -> str:
     """One sentence for a failed ONNX export: the module path (from the node's scope), the operator and the fix."""
     text = str(exc)
     op = re.search(r"operator '([\w:.]+)'", text) or re.search(r"= (?:onnx|aten|quantized)::(\w+)", text)
     scope = re.search(r"scope: ([^#\n]+)", text)
-    path = ".".join(part.rsplit("::", 1)[-1] for part in scope.group(1).strip().split("/")[1:]) if scope else ""
+    path = _scope_path(scope.group(1)) if scope else ""
     where = f" at {path or 'the model itself'}" if scope else ""
     kind = f" ({op.group(1)})" if op else ""
     fix = ("use a layer of the table in docs/bring_your_own_model.md, as a module (nn.GELU, not F.gelu), so the "
@@ -177,6 +197,8 @@ def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor, opset
                 torch.onnx.export(model, (example,), buf, opset_version=opset, dynamo=False,
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        except PipelineError:  # a symbolic of ours refused, in its own sentence
+            raise
         except Exception as exc:  # the exporter raises SymbolicValueError, UnsupportedOperatorError, RuntimeError...
             raise PipelineError(_export_failure(exc, what)) from None
     return save_onnx(buf.getvalue(), path)
