@@ -157,3 +157,13 @@ def test_the_guide_lists_every_row_of_the_layer_table():
     guide = (Path(__file__).resolve().parents[1] / "docs" / "bring_your_own_model.md").read_text()
     assert markdown_table() in guide
     assert len({row.name for row in LAYERS}) == len(LAYERS)
+
+
+def test_only_optional_extra_arguments_are_left_out_of_the_export():
+    """forward(x, targets=None) is exported with x alone; a required second input (a two-input model) is not hidden."""
+    from eager2trt.eager.export import input_only
+
+    with_targets, two_inputs = zoo.build("forward_targets"), zoo.build("two_inputs")
+    assert input_only(with_targets) is not with_targets and input_only(two_inputs) is two_inputs
+    x = zoo.calibration("forward_targets")[0]
+    torch.testing.assert_close(input_only(with_targets)(x), with_targets(x))

@@ -15,6 +15,7 @@ import torch
 from ..artifacts import save_onnx, write_bytes
 from ..contract import INPUT_NAME, OPSET, OUTPUT_NAME
 from ..errors import PipelineError
+from ..runtime.backends import is_quantized_module
 
 
 def _example(example: torch.Tensor) -> torch.Tensor:
@@ -66,19 +67,18 @@ def _copy_on_quantized(float_symbolic, quantized_symbolic=None):
 
 
 def _squeeze(g, self, dim=None):
-    """aten::squeeze by the traced shapes: a Squeeze on the dimension when tracing removed it, else the input as is.
-    The exporter's own writes an If on a quantized tensor (its shape unknown there), which no symbolic after it
-    can read as quantized."""
+    """aten::squeeze of one dimension on a dequantized tensor: a Squeeze on it (the exporter's own writes an If, the
+    shape of a quantized tensor being unknown to it, and no quantized symbolic after an If can read the result).
+    Typed values squeezed by nothing at trace time stay as they are."""
     from torch.onnx._internal.torchscript_exporter import symbolic_helper
 
     before, after = (v.type().dim() if v.type().kind() == "TensorType" else None
                      for v in (g.original_node.inputsAt(0), g.original_node.output()))
     if before is not None and before == after:
-        return self  # nothing was squeezed at trace time
+        return self
     if dim is None or not symbolic_helper._is_constant(dim):
         return g.op("Squeeze", self)
-    axis = symbolic_helper._get_const(dim, "i", "dim")
-    return symbolic_helper._squeeze_helper(g, self, [axis + before if axis < 0 and before else axis])
+    return symbolic_helper._squeeze_helper(g, self, [symbolic_helper._get_const(dim, "i", "dim")])
 
 
 def _squeeze_with_dims(g, self, dim=None):
@@ -95,11 +95,13 @@ def _squeeze_with_dims(g, self, dim=None):
 
 
 def _symbolics() -> dict:
+    """Ours, by TorchScript op; float tensors keep the exporter's own symbolic (opset 11's pixel_shuffle and
+    squeeze: the latest at or below OPSET)."""
     from torch.onnx._internal.torchscript_exporter import symbolic_opset11
 
     return {"prim::ConstantChunk": _quantized_chunk, "quantized::relu6": _quantized_relu6,
             "aten::pixel_shuffle": _copy_on_quantized(symbolic_opset11.pixel_shuffle),
-            "aten::squeeze": _copy_on_quantized(_squeeze, _squeeze_with_dims)}
+            "aten::squeeze": _copy_on_quantized(symbolic_opset11.squeeze, _squeeze_with_dims)}
 
 
 @contextlib.contextmanager
@@ -130,21 +132,24 @@ class _InputOnly(torch.nn.Module):
 
 
 def input_only(model: torch.nn.Module) -> torch.nn.Module:
-    """`model`, or `model` wrapped so that it takes its one input alone when forward has further parameters."""
-    params = list(inspect.signature(model.forward).parameters.values())
-    return _InputOnly(model) if len(params) > 1 else model
+    """`model`, or `model` wrapped so that it takes its one input alone when forward's further parameters all have
+    defaults (a required second input is a two-input model, which this wrapper would only hide)."""
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    optional = params and all(p.default is not inspect.Parameter.empty for p in params)
+    return _InputOnly(model) if optional else model
 
 
 @contextlib.contextmanager
 def _output_kept_back():
     """Hold back what the exporter prints to the process's stdout and stderr (torch 2.x logs the whole TorchScript
     graph when an export fails: setup_onnx_logging leaves onnx logging on); it is printed only if the export works."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with tempfile.TemporaryFile() as held:
-        for fd in saved:
-            os.dup2(held.fileno(), fd)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        held = {1: out, 2: err}
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = {fd: os.dup(fd) for fd in held}
+        for fd, f in held.items():
+            os.dup2(f.fileno(), fd)
         ok = False
         try:
             yield
@@ -155,9 +160,9 @@ def _output_kept_back():
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
-            if ok:
-                held.seek(0)
-                os.write(2, held.read())
+            for fd, f in held.items() if ok else ():
+                f.seek(0)
+                os.write(fd, f.read())
 
 
 def _scope_path(scope: str) -> str:
@@ -189,7 +194,7 @@ def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor, opset
     model = input_only(model.eval().cpu())
     example = _example(example)
     buf = io.BytesIO()
-    what = "INT8" if any(getattr(p, "is_quantized", False) for p in model.state_dict().values()) else "FP32"
+    what = "INT8" if is_quantized_module(model) else "FP32"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not actionable here
         try:
