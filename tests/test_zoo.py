@@ -120,10 +120,12 @@ class _PlainSqueeze(zoo.SqueezeNet):
 
 
 class _Unpreparable(zoo.ActivationNet):
-    """An unused ConvTranspose3d: eager prepare refuses its per-channel weight observer."""
+    """An unused ConvTranspose3d: eager prepare refuses its per-channel weight observer. The ConvTranspose2d before
+    it, with per-tensor weights, must not be blamed."""
 
     def __init__(self):
         super().__init__(nn.ReLU)
+        self.up = nn.ConvTranspose2d(4, 4, 2)
         self.extra = nn.Sequential(nn.ConvTranspose3d(4, 4, 2))
 
 

@@ -11,7 +11,6 @@ runs in the graph's float type). docs/bring_your_own_model.md lists this table (
 sync).
 """
 
-import copy
 from dataclasses import dataclass
 
 from torch import nn
@@ -65,11 +64,6 @@ ISLAND_TYPES = tuple(t for row in LAYERS if row.precision == FLOAT for t in row.
 CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 
 
-def layer_of(module: nn.Module):
-    """The table row of `module`'s type (exact type: a subclass may compute something else), or None."""
-    return next((row for row in LAYERS if type(module) in row.types), None)
-
-
 def find_islands(model: nn.Module, extra: tuple = ()) -> list[str]:
     """Module paths of the leaf modules kept in float: the table's islands and any of the types `extra`; never a
     part of a fused module (QAT fusion keeps the BatchNorm inside ConvBn2d, which quantizes it with the conv)."""
@@ -83,13 +77,12 @@ class FloatIsland(nn.Sequential):
     """DeQuantStub -> the float module -> QuantStub: the module runs in float between two Q/DQ pairs."""
 
     def __init__(self, module: nn.Module):
-        module = copy.deepcopy(module)
         module.qconfig = None  # not quantized: prepare must neither observe nor swap it
         super().__init__(DeQuantStub(), module, QuantStub())
 
 
 def wrap_islands(model: nn.Module, paths: list[str]) -> nn.Module:
-    """Replace each module at `paths` by its FloatIsland, in place; returns `model`."""
+    """Replace each module at `paths` by its FloatIsland, in place (call it on a copy); returns `model`."""
     for path in paths:
         parent_name, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -63,13 +63,13 @@ def prepare(fp32: torch.nn.Module, activation_dtype: str = "quint8", calibration
     model.float_islands = islands
     model.qconfig = qat_qconfig(activation_dtype, calibration)
     for m in model.modules():  # eager prepare refuses per-channel ConvTranspose weights, as in PTQ
-        if isinstance(m, CONV_TRANSPOSE):
+        if isinstance(m, CONV_TRANSPOSE) and not hasattr(m, "qconfig"):
             m.qconfig = tq.QConfig(activation=model.qconfig.activation, weight=tq.FakeQuantize.with_args(
                 observer=per_tensor_weights(qconfig(activation_dtype, calibration)).weight))
     try:
         tq.prepare_qat(model, inplace=True)
     except Exception as exc:  # torch.ao raises AssertionError, RuntimeError... for a layer it cannot fake-quantize
-        raise PipelineError(_prepare_failure(model, model.qconfig, exc)) from None
+        raise PipelineError(_prepare_failure(model, exc)) from None
     return model
 
 

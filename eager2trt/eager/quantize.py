@@ -10,7 +10,7 @@ from ..errors import PipelineError, require_choice
 from .calibration import (AUTO_METHODS, DEFAULT_PERCENTILE, RangeObserver, calibrate, check_percentile,
                           choose_calibration, convert_copy)
 from .engines import DEFAULT_ENGINE, candidate_engines, computes_conv_transpose, notice
-from .layers import CONV_TRANSPOSE, find_islands, has_conv_transpose, layer_of, wrap_islands
+from .layers import CONV_TRANSPOSE, find_islands, has_conv_transpose, wrap_islands
 from .quiet import quantized_api
 from ..runtime.inputs import peek
 
@@ -64,19 +64,21 @@ def prepare_for(fused: torch.nn.Module, activation_dtype: str = "quint8", calibr
     model = wrap_islands(copy.deepcopy(fused).eval().cpu(), list(islands))
     model.qconfig = qconfig(activation_dtype, calibration, percentile, auto_methods)
     for m in model.modules():
-        if isinstance(m, CONV_TRANSPOSE) and getattr(m, "qconfig", 0) is not None:
+        if isinstance(m, CONV_TRANSPOSE) and not hasattr(m, "qconfig"):  # an island's own is None: left as is
             m.qconfig = per_tensor_weights(model.qconfig)
     try:
         return tq.prepare(model, inplace=True)
     except Exception as exc:  # torch.ao raises AssertionError, RuntimeError... for a layer it cannot observe
-        raise PipelineError(_prepare_failure(fused, model.qconfig, exc)) from None
+        raise PipelineError(_prepare_failure(model, exc)) from None
 
 
-def _prepare_failure(fused: torch.nn.Module, config: tq.QConfig, exc: Exception) -> str:
-    """The sentence for a failed prepare, naming the first leaf module that fails alone."""
+def _prepare_failure(model: torch.nn.Module, exc: Exception) -> str:
+    """The sentence for a failed prepare of `model` (as prepare left it), naming the first leaf module that fails
+    alone with its own qconfig (the root's where prepare had not propagated it yet)."""
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-    for name, m in fused.named_modules():
-        if name and not list(m.children()):
+    for name, m in model.named_modules():
+        config = getattr(m, "qconfig", model.qconfig)
+        if name and config is not None and not list(m.children()):
             alone = copy.deepcopy(m)
             alone.qconfig = config
             try:
