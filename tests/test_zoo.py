@@ -113,6 +113,14 @@ class _PlainSqueeze(zoo.SqueezeNet):
         return self.fc(self.pool(self.stem(x)).squeeze())
 
 
+class _CircularPadding(zoo.ActivationNet):
+    """A conv with padding_mode 'circular', which quantized convolution refuses at convert."""
+
+    def __init__(self):
+        super().__init__(nn.ReLU)
+        self.b2[0].padding_mode = "circular"
+
+
 class _Unpreparable(zoo.ActivationNet):
     """An unused ConvTranspose3d: eager prepare refuses its per-channel weight observer. The ConvTranspose2d before
     it, with per-tensor weights, must not be blamed."""
@@ -128,6 +136,8 @@ class _Unpreparable(zoo.ActivationNet):
                            "F.gelu", "nn.GELU"]),
     (_Functional(F.silu), ["does not run", "in the model's own forward()", "nn.SiLU"]),
     (_Unpreparable(), ["cannot prepare extra.0 (ConvTranspose3d)", "qconfig = None"]),
+    (_CircularPadding(), ["cannot convert b2.0 (ConvReLU2d) to INT8 ('padding_mode' circular is not supported",
+                          "b2.0.qconfig = None"]),
     (_PlainSqueeze(), ["the model's forward() calls .squeeze() without a dimension", "x.squeeze(-1).squeeze(-1)"]),
 ])
 def test_a_layer_it_cannot_take_is_one_sentence_naming_its_path(model, words, tmp_path):

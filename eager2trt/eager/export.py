@@ -183,7 +183,8 @@ def _export_failure(exc: Exception, what: str) -> str:
     if "to be a quantized tensor" in text:  # the float value came from an operation before this node
         return (f"the ONNX export of the {what} model fails{where}{kind}, which receives a float tensor where a "
                 f"quantized one is expected: an operation before it has no quantized ONNX "
-                f"form, typically a functional call such as F.gelu on a quantized tensor; {fix}")
+                f"form (a functional call such as F.gelu on a quantized tensor, or a conv's padding_mode other than "
+                f"'zeros'); {fix}")
     return f"the ONNX export of the {what} model fails{where}{kind}: {text.strip().splitlines()[0][:160]}; {fix}"
 
 

@@ -31,7 +31,7 @@ class Layer:
 
 
 LAYERS = (
-    Layer("Conv1d, Conv2d (fused with BatchNorm and ReLU)", (nn.Conv1d, nn.Conv2d), INT8,
+    Layer("Conv1d, Conv2d (fused with BatchNorm and ReLU; padding_mode 'zeros')", (nn.Conv1d, nn.Conv2d), INT8,
           "Conv, per-channel int8 weights (axis 0), fused with its activation"),
     Layer("ConvTranspose1d, ConvTranspose2d", (nn.ConvTranspose1d, nn.ConvTranspose2d), INT8,
           "ConvTranspose, per-tensor int8 weights (eager prepare refuses per-channel ones); a float island when "

@@ -24,7 +24,7 @@ from ..errors import PipelineError, require_int
 from .data import Split
 from .engines import DEFAULT_ENGINE, candidate_engines, computes_conv_transpose
 from .layers import CONV_TRANSPOSE, find_islands, has_conv_transpose, wrap_islands
-from .quantize import _cannot_run, _prepare_failure, _run_failure, per_tensor_weights, qconfig
+from .quantize import _cannot_run, _convert_failure, _prepare_failure, _run_failure, per_tensor_weights, qconfig
 from .quiet import quantized_api
 from .train import History, Recipe, train
 
@@ -116,7 +116,10 @@ def convert(model: torch.nn.Module, example: torch.Tensor, activation_dtype: str
         int8 = copy.deepcopy(model).cpu().eval()
         with warnings.catch_warnings(), quantized_api():
             warnings.filterwarnings("ignore", message="must run observer before calling calculate_qparams")
-            tq.convert(int8, inplace=True)
+            try:
+                tq.convert(int8, inplace=True)
+            except (ValueError, RuntimeError, AssertionError, NotImplementedError) as exc:  # torch.ao's from_float
+                raise PipelineError(_convert_failure(model, exc)) from None
             failure = _run_failure(int8, example)
         if failure is None:
             return int8

@@ -136,11 +136,15 @@ def _convert_on_a_faithful_engine(prepared, example, candidates, activation_dtyp
     failures, method = [], None
     for name in candidates:
         torch.backends.quantized.engine = name
-        if calibration == "auto" and method is None:
-            method, table, int8 = choose_calibration(prepared, *holdout, methods=auto_methods, percentile=percentile)
-            int8.calibration_choice = {"method": method, "holdout_accuracy": table}
-        else:
-            int8 = convert_copy(prepared, method, percentile)
+        try:
+            if calibration == "auto" and method is None:
+                method, table, int8 = choose_calibration(prepared, *holdout, methods=auto_methods,
+                                                         percentile=percentile)
+                int8.calibration_choice = {"method": method, "holdout_accuracy": table}
+            else:
+                int8 = convert_copy(prepared, method, percentile)
+        except (ValueError, RuntimeError, AssertionError, NotImplementedError) as exc:  # torch.ao's from_float
+            raise PipelineError(_convert_failure(prepared, exc)) from None
         failure = _run_failure(int8, example)
         if failure is None:
             if failures:
@@ -148,6 +152,25 @@ def _convert_on_a_faithful_engine(prepared, example, candidates, activation_dtyp
             return int8
         failures.append(f"the {name} engine cannot run this model ({failure})")
     raise PipelineError(_cannot_run(failures, activation_dtype))
+
+
+def _convert_failure(prepared: torch.nn.Module, exc: Exception) -> str:
+    """The sentence for a failed convert, naming the first observed module that fails to convert alone (e.g. a Conv2d
+    with padding_mode 'circular', which quantized convolution refuses)."""
+    from torch.ao.quantization.quantization_mappings import get_default_static_quant_module_mappings
+
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    swapped = get_default_static_quant_module_mappings()
+    for name, m in prepared.named_modules():
+        if name and type(m) in swapped and getattr(m, "qconfig", None) is not None:
+            try:
+                tq.convert(torch.nn.Sequential(copy.deepcopy(m)), inplace=True)
+            except Exception:
+                return (f"torch.ao cannot convert {name} ({type(m).__name__}) to INT8 ({reason}); change it to a "
+                        f"layer of the table in docs/bring_your_own_model.md, or set {name}.qconfig = None and put a "
+                        f"DeQuantStub before it and a QuantStub after it to keep it in float")
+    return f"torch.ao cannot convert the model to INT8 ({reason}); check it against the layer table in " \
+           f"docs/bring_your_own_model.md"
 
 
 def _run_failure(int8: torch.nn.Module, example: torch.Tensor) -> Optional[str]:
