@@ -59,12 +59,14 @@ def main(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_model(name, Path(tmp) / name) for name in args.models]
     command = f"python bench/zoo.py --models {' '.join(args.models)} --threads {args.threads}"
-    write_json(args.output_dir / f"{args.name}.json", {"command": command, "environment": environment(), "rows": rows})
+    env = environment()
+    write_json(args.output_dir / f"{args.name}.json", {"command": command, "environment": env, "rows": rows})
     text = table(rows, COLUMNS)
+    machine = f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
     with atomic_path(args.output_dir / f"{args.name}.md") as tmp_path:
         Path(tmp_path).write_text(f"`{command}` through `quantize_to_tensorrt` (QuantizeConfig(calibration="
                                   f"\"{CONFIG.calibration}\", engine=\"{CONFIG.engine}\"), fast=\"fp32\"; random "
-                                  f"weights and calibration, no labels)\n\n{text}\n")
+                                  f"weights and calibration, no labels); {machine}\n\n{text}\n")
     print(text)
     return 2 if any(failed(r) for r in rows) else 0
 
