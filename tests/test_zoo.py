@@ -173,3 +173,11 @@ def test_only_optional_extra_arguments_are_left_out_of_the_export():
     assert input_only(with_targets) is not with_targets and input_only(two_inputs) is two_inputs
     x = zoo.calibration("forward_targets")[0]
     torch.testing.assert_close(input_only(with_targets)(x), with_targets(x))
+
+
+def test_bench_zoo_writes_one_row_per_model(tmp_path):
+    import bench.zoo as bench_zoo
+
+    args = bench_zoo.get_args_parser().parse_args(["--models", "gelu", "--output-dir", str(tmp_path), "--name", "t"])
+    assert bench_zoo.main(args) == 0
+    assert "| gelu | 3x16x16 | ok | ok | b1.2, b2.2 | 0/0 |" in (tmp_path / "t.md").read_text()
