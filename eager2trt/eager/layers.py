@@ -5,10 +5,9 @@ A float island is a leaf module PyTorch's eager mode cannot quantize into someth
 Q/DQ (measured with torch 2.14: nnq.ELU and nnq.BatchNorm2d have no ONNX symbolic; GELU, SiLU and Mish have no
 quantized kernel or symbolic; Sigmoid and Tanh run with torch.ao's fixed uint8 output range, which has no exact
 int8 zero-point-0 form). Before prepare, `wrap_islands` puts each one between a DeQuantStub and a QuantStub (which
-gets the activation observer), so the export reads DequantizeLinear -> op -> QuantizeLinear and TensorRT runs
-the op in high precision (TensorRT developer guide, "Explicit Quantization": a layer without Q/DQ on its input
-runs in the graph's float type). docs/bring_your_own_model.md lists this table (tests/test_zoo.py keeps it in
-sync).
+gets the activation observer), so the export reads DequantizeLinear -> op -> QuantizeLinear and TensorRT, whose
+explicit quantization runs INT8 only where Q/DQ say so, runs the op in high precision. docs/bring_your_own_model.md
+lists this table (tests/test_zoo.py keeps it in sync).
 """
 
 from dataclasses import dataclass
