@@ -113,12 +113,12 @@ COLUMNS = ("model", "size", "exact", "fast", "fusable_adds", "predicted_unfused"
            "export_qdq", "exact_qdq", "fast_qdq", "fast_error_ratio", "agreement", "seconds")
 
 
-def table(rows: list) -> str:
+def table(rows: list, columns: tuple = COLUMNS) -> str:
     def cell(v):
         return f"{v:.2f}" if isinstance(v, float) else str(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 

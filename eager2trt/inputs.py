@@ -26,10 +26,25 @@ def _describe(x) -> str:
     return f"{type(x).__name__} {shape}" if shape else type(x).__name__
 
 
+CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d)
+LAYOUTS = {3: "NCL (batch, channels, length)", 4: "NCHW (batch, channels, height, width)"}
+
+
+def first_conv(model: torch.nn.Module) -> tuple[str, Optional[torch.nn.Module]]:
+    """(module path, module) of the model's first convolution, 1-D or 2-D, in definition order; ("", None) if none."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, CONVS)), ("", None))
+
+
 def first_conv_channels(model: torch.nn.Module) -> int:
     """Input channels of the model's first convolution (3 for an RGB classifier), IMAGE_CHANNELS if none."""
-    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    conv = first_conv(model)[1]
     return conv.in_channels if conv is not None else IMAGE_CHANNELS
+
+
+def input_rank(model: Optional[torch.nn.Module]) -> int:
+    """Dimensions of one batch the model takes: 3 (NCL) when its first convolution is 1-D, else 4 (NCHW)."""
+    conv = first_conv(model)[1] if model is not None else None
+    return 3 if isinstance(conv, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)) else 4
 
 
 def check_model(model, name: str = "fp32") -> torch.nn.Module:
@@ -82,19 +97,21 @@ def check_int8_model(model, name: str = "int8") -> torch.nn.Module:
     return model
 
 
-def _check_tensor(x, name: str, channels: int, chw: Optional[tuple]) -> torch.Tensor:
-    """One batch: a CPU float32 NCHW tensor with `channels` channels (and `chw` when given), finite, normalized."""
+def _check_tensor(x, name: str, channels: int, chw: Optional[tuple], rank: int = 4, conv: str = "") -> torch.Tensor:
+    """One batch: a CPU float32 tensor of `rank` dimensions (NCHW, or NCL for a Conv1d model) with `channels`
+    channels (and `chw` when given), finite, normalized."""
     if isinstance(x, np.ndarray):
         raise PipelineError(f"{name} is a numpy array {x.shape}; pass torch tensors (torch.from_numpy(x))")
     if not isinstance(x, torch.Tensor):
         raise PipelineError(f"{name} is a {_describe(x)}, not a torch.Tensor; pass float32 NCHW image batches")
     _check_dtype(str(x.dtype).removeprefix("torch."), name)
-    if x.dim() != 4:
-        raise PipelineError(f"{name} has shape {tuple(x.shape)}, not NCHW (batch, channels, height, width); "
-                            f"add the batch dimension (x.unsqueeze(0)) or reshape it")
+    if x.dim() != rank:
+        fix = "add the batch dimension (x.unsqueeze(0))" if x.dim() == rank - 1 else "reshape it"
+        raise PipelineError(f"{name} has shape {tuple(x.shape)}, not {LAYOUTS.get(rank, f'{rank}-D')} as the "
+                            f"model's first convolution{f' ({conv})' if conv else ''} takes; {fix}")
     if x.device.type != "cpu":
         raise PipelineError(f"{name} is on {x.device}; pass CPU tensors (x.cpu()): quantized models run on the CPU")
-    _check_values(x.detach().numpy(), name, channels, chw)
+    _check_values(x.detach().numpy(), name, channels, chw, conv)
     return x
 
 
@@ -108,12 +125,13 @@ def _check_dtype(dtype: str, name: str) -> None:
                         f"and the exported graphs all compute in float32")
 
 
-def _check_values(x: np.ndarray, name: str, channels: int, chw: Optional[tuple]) -> None:
+def _check_values(x: np.ndarray, name: str, channels: int, chw: Optional[tuple], conv: str = "") -> None:
     if x.shape[0] == 0:
         raise PipelineError(f"{name} is an empty batch (shape {x.shape}); pass batches of at least one image")
     if x.shape[1] != channels:
-        raise PipelineError(f"{name} has {x.shape[1]} channels but the model's first convolution takes {channels}; "
-                            f"pass {channels}-channel images (e.g. x.expand(-1, 3, -1, -1) for grayscale)")
+        hint = " (e.g. x.expand(-1, 3, -1, -1) for grayscale images)" if channels == 3 and x.shape[1] == 1 else ""
+        raise PipelineError(f"{name} has {x.shape[1]} channels but the model's first convolution takes {channels}"
+                            f"{f' ({conv})' if conv else ''}; pass {channels}-channel inputs{hint}")
     if chw is not None and tuple(x.shape[1:]) != tuple(chw):
         raise PipelineError(f"{name} has images of shape {tuple(x.shape[1:])}, the model was given "
                             f"{tuple(chw)}; pass images of one size throughout")
@@ -142,13 +160,14 @@ def check_batches(batches, name: str, model: Optional[torch.nn.Module] = None,
     (`chw`, else the first batch's). A list is checked at once and returned; any other iterable (a generator
     over 50,000 images) has its first batch checked now and each later one as it is drawn."""
     channels = first_conv_channels(model) if model is not None else IMAGE_CHANNELS
+    rank, conv = input_rank(model), first_conv(model)[0] if model is not None else ""
     it = _iterator(batches, name)
     first = next(it, None)
     if first is None:
         raise PipelineError(f"{name} is empty; pass at least one batch of real images")
-    _check_tensor(first, f"{name}[0]", channels, chw)
+    _check_tensor(first, f"{name}[0]", channels, chw, rank, conv)
     chw = chw or tuple(first.shape[1:])
-    rest = (_check_tensor(x, f"{name}[{i}]", channels, chw) for i, x in enumerate(it, start=1))
+    rest = (_check_tensor(x, f"{name}[{i}]", channels, chw, rank, conv) for i, x in enumerate(it, start=1))
     if isinstance(batches, Sequence):
         return [first, *rest]
     return itertools.chain([first], rest)

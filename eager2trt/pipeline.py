@@ -304,6 +304,7 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
         checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
                                      f"PyTorch INT8 ({engine} engine)"))
     notes = [] if labels is not None else [_accuracy_not_checked(out, "real" if real else "random")]
+    notes += _island_notes(int8)
 
     # the float ONNX whose unrounded biases the fast and fallback graphs carry
     biases = fp32_onnx if float_twin is None else _twin_onnx(float_twin, example)
@@ -392,6 +393,13 @@ def _within_words(graph: Graph) -> str:
     if graph.accuracy is None:
         return "accuracy not checked"
     return "within the accuracy budget" if _deployable(graph) else "outside the accuracy budget, recorded"
+
+
+def _island_notes(int8: torch.nn.Module) -> list[str]:
+    """The float islands quantize() made (eager/layers.py), said once: module paths of the float model."""
+    islands = getattr(int8, "float_islands", [])
+    return [f"float islands (kept in float between Q/DQ, run by TensorRT in high precision): {', '.join(islands)}"] \
+        if islands else []
 
 
 def _twin_onnx(float_twin: torch.nn.Module, example) -> onnx.ModelProto:

@@ -61,6 +61,22 @@ def test_conv_branch_refuses_to_guess_between_equal_paths():
     assert placement.place_residual_qdq(g) == 0
 
 
+def test_a_lateral_add_fuses_with_its_one_conv_input_though_the_other_path_is_longer():
+    """FPN: Add(lateral Conv, Resize of a coarser Conv); the up-sampled path is longer, but only the lateral input
+    comes from a Conv, so the Add reads that Conv directly and the Resize keeps its Q/DQ as the skip."""
+    b = QdqBuilder()
+    x = b.qdq("input")
+    coarse = b.qdq(b.conv(b.qdq(b.node("Relu", [b.conv(x, 4, 4, 1)])), 4, 4, 2))
+    scales = b.add_init("scales", np.array([1, 1, 1, 1], np.float32))
+    up = b.qdq(b.node("Resize", [coarse, "", scales], mode="nearest"))
+    add = b.node("Add", [b.qdq(b.conv(x, 4, 4, 3)), up])
+    g = graph_of(b.model(add, classes=None))
+    assert placement.conv_branch_input(add_node(g)) == 1  # the longer path is the up-sampled one
+    assert placement.place_residual_qdq(g) == 1
+    lateral, skip = (source(t) for t in add_node(g).inputs)
+    assert lateral.op == "Conv" and skip.op == "DequantizeLinear"
+
+
 def test_feeds_int8_op_looks_through_flatten_and_past_a_pair_of_the_same_scale():
     g = graph_of(residual_graph())
     dangling = placement.dangling_dequantizes(g)

@@ -68,6 +68,16 @@ def test_fold_bias_dequantize_computes_float32_bias():
     np.testing.assert_allclose(bias.values, expected, rtol=1e-6)
 
 
+def test_fold_bias_dequantize_folds_a_convtranspose_bias():
+    """qnnpack exports a quantized ConvTranspose's bias as an int32 DequantizeLinear, as a Conv's (zoo UNet)."""
+    model = conv_graph()
+    next(n for n in model.graph.node if n.op_type == "Conv").op_type = "ConvTranspose"
+    g = graph_of(model)
+    assert surgery.fold_bias_dequantize(g) == 1
+    bias = next(n for n in g.nodes if n.op == "ConvTranspose").inputs[2]
+    assert isinstance(bias, gs.Constant) and bias.values.dtype == np.float32
+
+
 def test_make_tensorrt_ready_passes_lint_and_is_equivalent():
     model = conv_graph()
     before = lint.lint(model)

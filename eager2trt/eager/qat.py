@@ -22,8 +22,9 @@ from torch.ao.nn.intrinsic import qat as nniqat
 
 from ..errors import PipelineError, require_int
 from .data import Split
-from .engines import DEFAULT_ENGINE, candidate_engines
-from .quantize import _cannot_run, _run_failure, qconfig
+from .engines import DEFAULT_ENGINE, candidate_engines, computes_conv_transpose
+from .layers import CONV_TRANSPOSE, find_islands, has_conv_transpose, wrap_islands
+from .quantize import _cannot_run, _convert_failure, _prepare_failure, _run_failure, per_tensor_weights, qconfig
 from .quiet import quantized_api
 from .train import History, Recipe, train
 
@@ -57,8 +58,18 @@ def prepare(fp32: torch.nn.Module, activation_dtype: str = "quint8", calibration
         raise PipelineError(f"{type(model).__name__} has no fuse_model(); QAT needs torchvision's quantizable-model "
                             f"contract (QuantStub/DeQuantStub, FloatFunctional, fuse_model(is_qat))")
     model.fuse_model(is_qat=True)
+    islands = find_islands(model)
+    wrap_islands(model, islands)  # the layer table's float islands, as PTQ keeps them (eager/layers.py)
+    model.float_islands = islands
     model.qconfig = qat_qconfig(activation_dtype, calibration)
-    tq.prepare_qat(model, inplace=True)
+    for m in model.modules():  # eager prepare refuses per-channel ConvTranspose weights, as in PTQ
+        if isinstance(m, CONV_TRANSPOSE) and not hasattr(m, "qconfig"):
+            m.qconfig = tq.QConfig(activation=model.qconfig.activation, weight=tq.FakeQuantize.with_args(
+                observer=per_tensor_weights(qconfig(activation_dtype, calibration)).weight))
+    try:
+        tq.prepare_qat(model, inplace=True)
+    except Exception as exc:  # torch.ao raises AssertionError, RuntimeError... for a layer it cannot fake-quantize
+        raise PipelineError(_prepare_failure(model, exc)) from None
     return model
 
 
@@ -93,13 +104,22 @@ def convert(model: torch.nn.Module, example: torch.Tensor, activation_dtype: str
             engine: str = DEFAULT_ENGINE) -> torch.nn.Module:
     """The INT8 eager model (quantized modules, BatchNorm folded), as eager/quantize.py's quantize returns: converted
     for the first faithful engine that runs it on `example`."""
-    failures = []
-    for name in candidate_engines(engine):
+    failures, candidates = [], candidate_engines(engine)
+    if has_conv_transpose(model):
+        candidates = [e for e in candidates if computes_conv_transpose(e)]
+        if not candidates:
+            raise PipelineError(f"no quantized engine of this machine ({engine}) computes ConvTranspose as the Q/DQ "
+                                f"graph does (engines.conv_transpose_error); quantize this model with calibration "
+                                f"instead (eager2trt.pipeline.quantize_to_tensorrt), which keeps it in float")
+    for name in candidates:
         torch.backends.quantized.engine = name
         int8 = copy.deepcopy(model).cpu().eval()
         with warnings.catch_warnings(), quantized_api():
             warnings.filterwarnings("ignore", message="must run observer before calling calculate_qparams")
-            tq.convert(int8, inplace=True)
+            try:
+                tq.convert(int8, inplace=True)
+            except (ValueError, RuntimeError, AssertionError, NotImplementedError) as exc:  # torch.ao's from_float
+                raise PipelineError(_convert_failure(model, exc)) from None
             failure = _run_failure(int8, example)
         if failure is None:
             return int8

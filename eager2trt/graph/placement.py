@@ -85,16 +85,20 @@ def quantized_residual_adds(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if n.op == "Add" and len(n.inputs) == 2 and all(qdq_pair(t) for t in n.inputs)]
 
 
+def _from_conv(t) -> bool:
+    """Whether `t` is Conv -> Q -> DQ (the Conv a residual Add can fuse with)."""
+    return getattr(producer(qdq_pair(t)[0].inputs[0]), "op", None) in FUSABLE_BRANCH_OPS
+
+
 def residual_qdq_to_remove(graph: gs.Graph) -> list[tuple[gs.Node, int]]:
-    """(Add, input index) for each quantized residual Add whose conv branch is Conv -> Q -> DQ -> Add."""
+    """(Add, input index) for each quantized residual Add whose conv branch is Conv -> Q -> DQ -> Add: the one
+    input that comes from a Conv, or, when both do, the one on the longer path (conv_branch_input). An FPN's
+    lateral Add reads a Conv and an up-sampled coarser level, whose path is longer but which no Conv produces."""
     plan = []
     for add in quantized_residual_adds(graph):
-        i = conv_branch_input(add)
-        if i is None:
-            continue
-        q, _ = qdq_pair(add.inputs[i])
-        branch = producer(q.inputs[0])
-        if branch is not None and branch.op in FUSABLE_BRANCH_OPS:
+        convs = [i for i, t in enumerate(add.inputs) if _from_conv(t)]
+        i = convs[0] if len(convs) == 1 else conv_branch_input(add) if convs else None
+        if i is not None:
             plan.append((add, i))
     return plan
 

@@ -17,7 +17,7 @@ from ..errors import PipelineError
 from .onnx_utils import QDQ, fold_constant_inputs, op_counts, qdq_nodes, refuse_missing_zero_points, zero_point
 
 # Ops whose bias may arrive as an int32 DequantizeLinear; input index 2 is the bias for both.
-BIAS_CONSUMERS = {"Conv": 2, "Gemm": 2}
+BIAS_CONSUMERS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}  # op -> bias input index
 ONNX_DTYPES = {np.dtype(np.uint8): onnx.TensorProto.UINT8, np.dtype(np.int8): onnx.TensorProto.INT8}
 
 

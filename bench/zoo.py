@@ -1,0 +1,75 @@
+"""The user-model zoo (tests/zoo.py: UNet, FPN, ASPP, squeeze-excite, 1-D CNN, PixelShuffle, one model per
+activation, standalone BatchNorm, .squeeze(), forward(x, targets=None)) through quantize_to_tensorrt, as one table.
+
+Each single-input / single-output model runs as a user would call it (seeded random weights and calibration, no
+labels, QuantizeConfig(calibration="percentile", engine="auto"), fast="fp32"); the pipeline's own checks decide and
+bench/generality.py's row_of reads the result into a row, plus the float islands (eager/layers.py) the run made.
+A PipelineError is a row "FAILED: <sentence>" and the command exits 2. Writes OUTPUT_DIR/NAME.{json,md}; prints
+the table last.
+
+    python bench/zoo.py [--models unet_convtranspose fpn_nearest_add ...]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.generality import CONFIG, failed, row_of, table
+from eager2trt.artifacts import atomic_path, write_json
+from eager2trt.errors import PipelineError, require_choice, run_cli
+from eager2trt.pipeline import quantize_to_tensorrt
+from eager2trt.runtime.timing import environment
+from tests import zoo
+
+COLUMNS = ("model", "input", "exact", "fast", "float_islands", "fusable_adds", "predicted_unfused", "engine",
+           "seconds")
+
+
+def run_model(name: str, work: Path) -> dict:
+    """One zoo model through quantize_to_tensorrt into `work`, as a table row."""
+    t0 = time.time()
+    shape = "x".join(map(str, zoo.ZOO[name][1]))
+    try:
+        result = quantize_to_tensorrt(zoo.build(name), zoo.calibration(name), work, CONFIG, fast="fp32")
+        row = row_of(name, shape, result)
+        row["float_islands"] = ", ".join(result.int8.float_islands) or "-"
+    except PipelineError as exc:
+        row = {"model": name, "exact": f"FAILED: {exc}", "fast": "FAILED"}
+    row.update(input=shape, seconds=round(time.time() - t0, 1))
+    return row
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(zoo.ZOO), help="zoo models (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--output-dir", type=Path, default=Path("bench/results"), help="where the table and JSON go")
+    p.add_argument("--name", default="zoo_cpu2", help="file stem of the .json and .md written (default: zoo_cpu2)")
+    return p
+
+
+def main(args) -> int:
+    for name in args.models:
+        require_choice("--models", name, zoo.ZOO)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [run_model(name, Path(tmp) / name) for name in args.models]
+    command = f"python bench/zoo.py --models {' '.join(args.models)} --threads {args.threads}"
+    env = environment()
+    write_json(args.output_dir / f"{args.name}.json", {"command": command, "environment": env, "rows": rows})
+    text = table(rows, COLUMNS)
+    machine = f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
+    with atomic_path(args.output_dir / f"{args.name}.md") as tmp_path:
+        Path(tmp_path).write_text(f"`{command}` through `quantize_to_tensorrt` (QuantizeConfig(calibration="
+                                  f"\"{CONFIG.calibration}\", engine=\"{CONFIG.engine}\"), fast=\"fp32\"; random "
+                                  f"weights and calibration, no labels); {machine}\n\n{text}\n")
+    print(text)
+    return 2 if any(failed(r) for r in rows) else 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda: sys.exit(main(get_args_parser().parse_args())))
