@@ -287,8 +287,9 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
            for name, runner in (("fp32", PyTorchRunner(fp32)), ("int8", PyTorchRunner(int8)),
                                 ("export", OnnxRunner(export)))}
     real = images is not None
-    checks = [fusion, *requantization, agreement(out["int8"]["real" if real else "random"], out["export"]["real" if real else "random"],
-                                out["fp32"]["real" if real else "random"], real=real, engine=engine),
+    checks = [fusion, *requantization,
+              agreement(out["int8"]["real" if real else "random"], out["export"]["real" if real else "random"],
+                        out["fp32"]["real" if real else "random"], real=real, engine=engine),
               scale_provenance(int8, export)]
     accuracy = {}
     if labels is not None:

@@ -5,6 +5,8 @@ qconfigs (affine activations) are re-derived in the symmetric scheme and go thro
 qconfig is used as is; qint8 activations and weights from another float model are refused in one sentence."""
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,7 +18,7 @@ from torch.ao import quantization as tq
 from torch.ao.nn.quantized import FloatFunctional
 
 from eager2trt.contract import REQUANTIZATION_RATIO_MAX
-from eager2trt.eager.requantize import asymmetric_layers, requantization_check
+from eager2trt.eager.requantize import asymmetric_layers, load_int8_model, requantization_check
 from eager2trt.errors import PipelineError
 from eager2trt.pipeline import quantize_to_tensorrt
 
@@ -170,3 +172,62 @@ def test_requantization_check_fails_beyond_its_bound():
     assert within.passed and 1.2 < within.value < 1.8
     assert not beyond.passed and beyond.value > 4
     assert "pass the FP32 model without int8=" in beyond.sentence()
+
+
+def test_a_saved_int8_model_loads_and_a_state_dict_is_refused(data, tmp_path):
+    fp32, calib, held = data
+    user = user_convert(fp32, tq.get_default_qconfig("x86"), calib, "x86")
+    torch.save(user, tmp_path / "int8.pt")
+    loaded = load_int8_model(tmp_path / "int8.pt")  # packed again for the engine auto picks
+    with torch.no_grad():
+        assert torch.equal(loaded(held[0]), user(held[0]))
+    torch.save(user.state_dict(), tmp_path / "state.pt")
+    with pytest.raises(PipelineError, match=r"is a state_dict; save the converted model whole with torch.save"):
+        load_int8_model(tmp_path / "state.pt")
+    with pytest.raises(PipelineError, match=r"does not exist; pass a file written by torch.save\(int8_model\)"):
+        load_int8_model(tmp_path / "none.pt")
+
+
+def test_resnet_torch_int8_model_needs_its_checkpoint(tmp_path):
+    from eager2trt.cli import quantize
+
+    parse = quantize.get_args_parser().parse_args
+    with pytest.raises(PipelineError, match=r"--int8-model needs --checkpoint"):
+        quantize.validate(parse(["--output-dir", str(tmp_path / "out"), "--int8-model", str(tmp_path / "x.pt")]))
+    ckpt = tmp_path / "fp32.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(PipelineError, match=r"--int8-model .*x.pt does not exist"):
+        quantize.validate(parse(["--output-dir", str(tmp_path / "out"), "--checkpoint", str(ckpt),
+                                 "--int8-model", str(tmp_path / "x.pt")]))
+    assert quantize.options(parse(["--checkpoint", str(ckpt), "--int8-model", "u.pt"])).int8_model == Path("u.pt")
+
+
+def test_main_job_takes_a_saved_x86_int8_model(tmp_path, monkeypatch):
+    """resnet_torch.py --checkpoint FP32 --int8-model INT8 (jobs.main_job): ResNet18 with random weights on a
+    20-image folder, converted by the user with the x86 default qconfig; re-derived, checked and recorded."""
+    from test_data import make_image_folder
+
+    from eager2trt import jobs
+    from eager2trt.eager.data import iterate_batches, load_cifar10
+    from eager2trt.eager.model import build_model
+    from eager2trt.eager.train import Recipe
+    from eager2trt.pipeline import QuantizeConfig
+
+    make_image_folder(tmp_path / "data", per_class=2)
+    small_folder = lambda root, download=False: load_cifar10(root, cache_dir=None, strict=False)  # noqa: E731
+    monkeypatch.setattr(jobs, "load_cifar10", small_folder)  # the job insists on all 60,000 images
+    torch.manual_seed(0)
+    fp32 = build_model("resnet18").eval()
+    torch.save(fp32.state_dict(), tmp_path / "fp32.pt")
+    calib = [x for x, _ in iterate_batches(small_folder(tmp_path / "data")["train"], 16)]
+    torch.save(user_convert(fp32, tq.get_default_qconfig("x86"), calib, "x86"), tmp_path / "int8.pt")
+    opts = jobs.JobOptions(data_dir=tmp_path / "data", output_dir=tmp_path / "out", checkpoint=tmp_path / "fp32.pt",
+                           int8_model=tmp_path / "int8.pt", quantization=QuantizeConfig(calibration="percentile"),
+                           recipe=Recipe(batch_size=16), calib_batches=None, accuracy_budget=100.0, fast=None,
+                           latency_runs=1)
+    out = jobs.main_job(opts)
+    check = out["result"].check("requantization")
+    assert check.passed and check.value is not None and check.figures["inputs"] == "held-out images"
+    recorded = json.loads((tmp_path / "out" / "metrics.json").read_text())["pytorch"]
+    assert recorded["int8_model"] == str(tmp_path / "int8.pt") and "requantization" in recorded["checks"]
+    assert (tmp_path / "out" / "resnet_quantized_cifar10_modified.onnx").is_file()

@@ -259,3 +259,33 @@ def _fused(float_twin: torch.nn.Module, example: torch.Tensor) -> torch.nn.Modul
 def _logits(model: torch.nn.Module, batches: list) -> np.ndarray:
     with torch.no_grad(), quantized_api():
         return np.concatenate([model(x).float().numpy() for x in batches])
+
+
+def load_int8_model(path, engine: str = AUTO) -> torch.nn.Module:
+    """A converted INT8 eager model saved whole with torch.save(model), unpickled with its weights packed for the
+    engine candidate_engines(engine) picks first (which it leaves selected). Unpickling runs code from the file: load
+    only files you trust. A state_dict is refused: rebuilding a converted model needs the user's qconfig."""
+    from pathlib import Path
+
+    from ..inputs import check_int8_model
+    from .engines import select_engine
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"int8 model {path} does not exist; pass a file written by torch.save(int8_model)")
+    select_engine(engine)  # quantized weights are packed for the current engine as they are unpickled
+    try:
+        with quantized_api():
+            model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # unpickling raises whatever the pickled classes raise
+        raise PipelineError(f"int8 model {path} cannot be loaded ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); save the converted "
+                            f"model whole with torch.save(int8_model, path), its classes importable here") from None
+    if isinstance(model, dict):
+        raise PipelineError(f"int8 model {path} is a state_dict; save the converted model whole with "
+                            f"torch.save(int8_model, path) (a converted state_dict cannot be rebuilt without its qconfig)")
+    if isinstance(model, torch.nn.Module):
+        # torch's quantized Conv __setstate__ skips Module.__init__, so an unpickled one has no _modules and
+        # model.modules() fails; its __deepcopy__ builds it properly (torch 2.14.1)
+        model = copy.deepcopy(model)
+    return check_int8_model(model, f"int8 model {path}").eval()
