@@ -54,6 +54,11 @@ AGREEMENT_MIN = 0.99
 DISTANCE_RATIO_MAX = 1.0
 AGREEMENT_RATIO_MAX = 2.0
 AGREEMENT_BALANCE_MAX = 1.5
+# A given INT8 model with affine activations, re-derived in the symmetric scheme (eager/requantize.py): its logit
+# distance to FP32 over the given model's. Symmetric int8 gives a non-negative (post-ReLU) activation 128 steps where
+# affine uint8 had 256, so each such activation's rounding error at most doubles; beyond 2x the re-derivation lost
+# more than the scheme change explains.
+REQUANTIZATION_RATIO_MAX = 2.0
 
 
 def image_batch_shape(batch: int = 1) -> tuple:

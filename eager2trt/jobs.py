@@ -18,6 +18,7 @@ from .contract import ArtifactPaths
 from .eager.calibration import split_training
 from .eager.data import calibration_batches, iterate_batches, load_cifar10
 from .eager.model import build_model, load_state_dict
+from .eager.requantize import load_int8_model
 from .eager.train import Recipe, check_trained, seed_everything, train
 from .pipeline import PipelineResult, QuantizeConfig, quantize_to_tensorrt, write_fp16
 from .reports import metrics
@@ -48,6 +49,8 @@ class JobOptions:
     fallback: bool = False
     # QAT fine-tuning epochs instead of post-training calibration (eager/qat.py); None: PTQ
     qat_epochs: Optional[int] = None
+    # a converted INT8 model of the checkpoint saved whole (torch.save), instead of calibrating (eager/requantize.py)
+    int8_model: Optional[Path] = None
     latency_runs: int = 200
     download: bool = False
     overwrite: bool = False  # training may replace an existing FP32 state_dict
@@ -102,6 +105,8 @@ def main_job(opts: JobOptions) -> dict:
     if opts.qat_epochs:
         calib = list(calib)  # QAT calibrates on them; the pipeline takes its example input from them
         int8, twin, qat = qat_model(fp32, calib, holdout, data, opts)
+    elif opts.int8_model is not None:
+        int8 = load_int8_model(opts.int8_model, opts.quantization.engine)
     result = quantize_to_tensorrt(fp32, calib, opts.output_dir, opts.quantization, images=images, labels=test.labels,
                                   fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout,
                                   fallback=opts.fallback, int8=int8, float_twin=twin)
@@ -164,6 +169,7 @@ def record_of(result: PipelineResult, opts: JobOptions, training: dict, latency:
                "calibration": opts.quantization.calibration, "calib_batches": opts.calib_batches,
                "calibration_choice": getattr(result.int8, "calibration_choice", None),
                "qat_epochs": opts.qat_epochs, "qat": qat, "fallback": opts.fallback,
+               "int8_model": str(opts.int8_model) if opts.int8_model is not None else None,
                "seed": opts.recipe.seed, "environment": environment(), "training": training, "wall_seconds": seconds,
                "checks": {c.name: c.as_dict() for c in result.checks if not c.name.startswith(("exact", "fast", "fallback", "lint"))}}
     record = {"pytorch": pytorch}

@@ -37,6 +37,7 @@ from .eager.engines import AUTO
 from .eager.export import export_onnx, export_torchscript
 from .eager.model import fuse
 from .eager.quantize import quantize
+from .eager.requantize import to_project_scheme
 from .errors import PipelineError
 from .graph.sensitivity import restore_float_biases
 from .graph.lint import lint, performance_summary
@@ -231,9 +232,14 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     tried.
 
     `int8`: an already converted INT8 eager model of `fp32` (e.g. eager2trt.eager.qat.quantize_qat's), used
-    instead of calibrating; `calibration_batches` then only provide the example input. It must have been
-    converted for the current quantized engine (torch.backends.quantized.engine, as quantize_qat leaves it).
-    Everything after quantization (export, agreement, graphs, guard) is the same.
+    instead of calibrating. It must have been converted for the current quantized engine
+    (torch.backends.quantized.engine, as quantize_qat leaves it). A model in a symmetric scheme (activations quint8
+    zero point 128, weights zero point 0) is used as is; one with affine activations (torch.ao's default x86,
+    fbgemm, qnnpack qconfigs) is re-derived in the project's scheme from its float twin, each activation's range
+    taken from what `int8` produces on `calibration_batches` (eager/requantize.py), and the check `requantization`
+    holds its logit distance to FP32 (on `images`, else calibration images) within
+    contract.REQUANTIZATION_RATIO_MAX of the given model's. Everything after (export, agreement, graphs, guard)
+    then runs on the model used.
 
     `float_twin`: the float model `int8` was converted from, when that is not `fp32` (quantize_qat's
     float_model: fine-tuning moved the weights); the fast and fallback graphs take their unrounded biases from
@@ -278,11 +284,14 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
     fp32 = fp32.eval().cpu()
     fused, fusion = fusion_check(fp32, tuple(example.shape[1:]))
     given_int8 = int8 is not None
+    requantization = []  # a given int8's check: re-derived in the symmetric scheme, or used as is
     if int8 is None:
         int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine,
                         config.percentile, holdout)
     else:
-        int8 = int8.eval()
+        int8, check = to_project_scheme(int8.eval(), fused, calibration_batches, example, images, config.engine,
+                                        float_twin)
+        requantization = [check]
     engine = torch.backends.quantized.engine
     export_onnx(fp32, paths.fp32_onnx, example=example)
     export_onnx(int8, paths.int8_onnx, example=example)
@@ -294,8 +303,9 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
            for name, runner in (("fp32", PyTorchRunner(fp32)), ("int8", PyTorchRunner(int8)),
                                 ("export", OnnxRunner(export)))}
     real = images is not None
-    checks = [fusion, agreement(out["int8"]["real" if real else "random"], out["export"]["real" if real else "random"],
-                                out["fp32"]["real" if real else "random"], real=real, engine=engine),
+    checks = [fusion, *requantization,
+              agreement(out["int8"]["real" if real else "random"], out["export"]["real" if real else "random"],
+                        out["fp32"]["real" if real else "random"], real=real, engine=engine),
               scale_provenance(int8, export)]
     require_all(policy.failed(checks, policy.DEFECT))  # the model itself is wrong: nothing after this can help
     accuracy = {}

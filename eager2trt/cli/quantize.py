@@ -66,6 +66,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="quantization-aware fine-tuning for this many epochs (1 or more; CUDA when available) "
                         "instead of post-training calibration; QAT's observers use --calibration, or for auto the "
                         "method auto chooses for PTQ; unset: post-training quantization")
+    p.add_argument("--int8-model", type=Path,
+                   help="a converted INT8 eager model of --checkpoint, saved whole with torch.save(model) (unpickled: "
+                        "only files you trust), used instead of calibrating; affine activations (torch.ao's default "
+                        "qconfigs) are re-derived in TensorRT's symmetric scheme and the error it adds is checked")
     p.add_argument("--high-precision", default="fp32", choices=HIGH_PRECISIONS,
                    help="type of the fast graph's scales, biases and non-INT8 compute")
     p.add_argument("--no-fast-graph", action="store_true", help="write only the exact TensorRT-ready graph")
@@ -103,6 +107,12 @@ def validate(args) -> None:
     check_percentile(args.percentile)
     require_choice("--engine", args.engine, (AUTO, *supported_engines()))
     candidate_engines(args.engine)  # says now when no engine is faithful on this machine
+    if args.int8_model is not None and (args.checkpoint is None or args.qat_epochs):
+        raise PipelineError("--int8-model needs --checkpoint, the FP32 state_dict it was converted from (its float "
+                            "twin), and replaces calibration and QAT; drop --qat-epochs")
+    if args.int8_model is not None and not args.int8_model.is_file():
+        raise PipelineError(f"--int8-model {args.int8_model} does not exist; pass a file written by "
+                            f"torch.save(int8_model)")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass the path of a saved FP32 state_dict")
     ensure_writable_dir(args.output_dir)
@@ -129,7 +139,7 @@ def options(args) -> jobs.JobOptions:
                                                         args.percentile),
                            calib_batches=args.calib_batches or None, accuracy_budget=args.accuracy_budget,
                            fast=None if args.no_fast_graph else args.high_precision, fp16=args.fp16_onnx,
-                           fallback=args.fallback, qat_epochs=args.qat_epochs,
+                           fallback=args.fallback, qat_epochs=args.qat_epochs, int8_model=args.int8_model,
                            latency_runs=args.latency_runs, download=args.download, overwrite=args.overwrite,
                            save_every=args.save_every, restart=args.restart)
 
@@ -138,7 +148,7 @@ def report(out: dict) -> None:
     """Checks, graphs, accuracies in the reference's format, latencies."""
     result = out["result"]
     print("checks:")
-    print_checks([c for c in result.checks if c.name in ("fusion", "agreement", "int8_accuracy")])
+    print_checks([c for c in result.checks if c.name in ("fusion", "requantization", "agreement", "int8_accuracy")])
     for graph in result.graphs.values():
         print_graph(graph)
     for note in result.notes:
