@@ -168,8 +168,35 @@ def test_validation_evaluates_a_data_loader_script_with_labels(trained, folder, 
     assert measured["samples"] == CLASSES * VAL and measured["accuracy"] == recorded
 
 
-def test_sensitivity_ranks_layers_on_the_folder(trained, folder, capsys, tmp_path):
-    proc = cli(capsys, "eager2trt.cli.sensitivity", "--input", trained / "resnet18_quantized.onnx", "--data-dir",
+@pytest.fixture(scope="module")
+def own_model(folder, tmp_path_factory):
+    """The main command on the user's own model class (examples/'s TinyResNet, which takes num_classes)."""
+    from conftest import ROOT
+
+    out = tmp_path_factory.mktemp("own")
+    factory = f"{ROOT / 'examples' / 'bring_your_own_model.py'}:TinyResNet"
+    argv, sys.argv = sys.argv, ["resnet_torch.py", "--model", factory, "--data-dir", str(folder), "--output-dir",
+                                str(out), *map(str, TRAIN_FLAGS)]
+    try:
+        run_cli(lambda: importlib.import_module("eager2trt.cli.quantize").main(
+            importlib.import_module("eager2trt.cli.quantize").get_args_parser().parse_args()))
+    except SystemExit as exc:
+        pytest.fail(f"the main command exited {exc.code} with --model {factory}")
+    finally:
+        sys.argv = argv
+    return out, factory
+
+
+def test_own_model_factory_trains_and_names_the_artifacts(own_model):
+    out, factory = own_model
+    assert graph_io(out / "TinyResNet_quantized_modified.onnx") == (["batch", 3, SIZE, SIZE], ["batch", CLASSES])
+    assert (out / "TinyResNet.pt").is_file() and not list(out.glob("resnet*"))
+    assert json.loads((out / "metrics.json").read_text())["pytorch"]["model"] == factory
+
+
+def test_sensitivity_ranks_layers_on_the_folder(own_model, folder, capsys, tmp_path):
+    # the small model: resnet18's 60 quantizers cost 20 s here, TinyResNet's few a second
+    proc = cli(capsys, "eager2trt.cli.sensitivity", "--input", own_model[0] / "TinyResNet_quantized.onnx", "--data-dir",
                folder, "--images", 8, "--batch-size", 8, "--workers", 0, "--top", 1, "--output-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "sensitivity.json").read_text())["sensitivity"]
