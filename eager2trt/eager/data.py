@@ -26,6 +26,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CIFAR10_COUNTS = {"train": 50_000, "test": 10_000}
 CIFAR10_CLASSES = 10
+CIFAR10_CHW = (3, 32, 32)  # one image, CHW
 PADDING = 4
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "eager2trt"
 
