@@ -22,7 +22,6 @@ from .eager.calibration import split_training
 from .eager.data import CIFAR10_CLASSES, calibration_batches, check_label_set, class_folder_names, load_cifar10
 from .eager.folders import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Presets, eval_split_name, load_image_folder
 from .eager.model import build_model, build_user_model, load_state_dict
-from .errors import PipelineError
 from .inputs import check_model
 from .eager.train import Recipe, check_trained, seed_everything, train
 from .pipeline import PipelineResult, QuantizeConfig, quantize_to_tensorrt, write_fp16
