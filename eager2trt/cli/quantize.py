@@ -67,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", action="store_true",
                    help=f"when INT8 is outside --accuracy-budget, keep the fewest layers in float (chosen on "
                         f"{defaults.holdout_images} held-out training images, never the test set) and write "
-                        f"{contract.INT8_ONNX_FALLBACK}, held to FP32 within the budget on the test images")
+                        f"<name>_quantized_fallback.onnx ({contract.INT8_ONNX_FALLBACK} for ResNet18 on CIFAR-10), held "
+                        f"to FP32 within the budget on the test images")
     p.add_argument("--qat-epochs", type=int, default=None,
                    help="quantization-aware fine-tuning for this many epochs (1 or more; CUDA when available) "
                         "instead of post-training calibration; QAT's observers use --calibration, or for auto the "
@@ -79,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                               "(the main job does)")
     p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs per latency figure")
     p.add_argument("--overwrite", action="store_true",
-                   help="let training replace an existing <output-dir>/resnet_cifar10.pt")
+                   help="let training replace an existing FP32 state_dict (<output-dir>/resnet_cifar10.pt, or <name>.pt)")
     p.add_argument("--restart", action="store_true",
                    help="move an interrupted run's training state aside (kept) and train from scratch")
     return p
