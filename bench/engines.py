@@ -20,7 +20,7 @@ from eager2trt.checks.compare import argmax_agreement, relative_distance
 from eager2trt.runtime.backends import as_runner, logits as run_logits
 from eager2trt.runtime.inputs import random_batches
 from eager2trt.artifacts import atomic_path, write_json
-from eager2trt import contract
+from eager2trt.eager.data import CIFAR10_CHW
 from eager2trt.errors import require_choice, require_int, run_cli
 from eager2trt.eager.export import export_onnx
 from eager2trt.eager.model import ARCHS, build_model, fuse, variance_preserving_init
@@ -36,14 +36,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=64, help="random inputs for calibration and for the comparison")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the inputs")
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per latency figure")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=list(contract.IMAGE_SHAPE),
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=list(CIFAR10_CHW),
                    help="CHW of the random inputs (calibration, comparison, timing) and of the export")
     p.add_argument("--output-dir", type=Path, default=Path("bench/results"), help="where the table and JSON go")
     p.add_argument("--name", default="engines_cpu2", help="file stem of the .json and .md written")
     return p
 
 
-def random_inputs(n: int, seed: int, batch: int = 8, chw: tuple = contract.IMAGE_SHAPE) -> list:
+def random_inputs(n: int, seed: int, batch: int = 8, chw: tuple = CIFAR10_CHW) -> list:
     return random_batches((batch, *chw), max(1, n // batch), seed + 1)
 
 
@@ -60,7 +60,7 @@ def fidelity(int8, onnx_path: Path, fp32_logits, batches: list) -> dict:
             "distance_ratio": distance_ratio(pt, graph, fp32_logits)}
 
 
-def latency(int8, runs: int, chw: tuple = contract.IMAGE_SHAPE) -> dict:
+def latency(int8, runs: int, chw: tuple = CIFAR10_CHW) -> dict:
     """TorchScript INT8 batch-1 median ms at 1 thread and at all threads."""
     x = torch.randn(1, *chw)
     with warnings.catch_warnings():

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from eager2trt import contract
+from eager2trt.eager.data import CIFAR10_CHW
 from eager2trt.artifacts import atomic_path, ensure_writable_dir, output_lock, write_json
 from eager2trt.errors import PipelineError, require_choice, require_int, require_ints, run_cli
 from eager2trt.eager.model import ARCHS, build_model, fuse, load_state_dict
@@ -63,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=contract.OUTPUT_DIR, help="where benchmark.{json,md,png} go")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 128], help="batch sizes to time")
     p.add_argument("--runs", type=int, default=200, help="timed runs per figure at batch 1 (fewer for large batches)")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=list(contract.IMAGE_SHAPE),
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=list(CIFAR10_CHW),
                    help="CHW of the random calibration and timing inputs (the model is exported at this size; "
                         "TensorRT engines given must have been built for it)")
     p.add_argument("--engines", type=Path, nargs="*", default=None,
@@ -106,7 +107,7 @@ def runs_for(batch: int, runs: int) -> int:
     return max(20, runs // max(1, batch // 8))
 
 
-def cpu_rows(a: dict, batches: list, runs: int, chw: tuple = contract.IMAGE_SHAPE) -> list:
+def cpu_rows(a: dict, batches: list, runs: int, chw: tuple = CIFAR10_CHW) -> list:
     from eager2trt.runtime.backends import ort_session
 
     def fns(threads: int, x: torch.Tensor) -> list:
@@ -134,7 +135,7 @@ def cpu_rows(a: dict, batches: list, runs: int, chw: tuple = contract.IMAGE_SHAP
     return rows
 
 
-def cuda_rows(fp32: torch.nn.Module, batches: list, runs: int, chw: tuple = contract.IMAGE_SHAPE) -> list:
+def cuda_rows(fp32: torch.nn.Module, batches: list, runs: int, chw: tuple = CIFAR10_CHW) -> list:
     if not torch.cuda.is_available():
         return []
     rows = []
@@ -166,7 +167,7 @@ def engine_precision(path: Path) -> str:
     return path.stem.removeprefix("resnet_cifar10_").replace("_", " ").upper()
 
 
-def tensorrt_rows(engines: list, batches: list, runs: int, chw: tuple = contract.IMAGE_SHAPE) -> list:
+def tensorrt_rows(engines: list, batches: list, runs: int, chw: tuple = CIFAR10_CHW) -> list:
     """One row per engine and batch its profile accepts; a reason row per engine where no GPU is visible."""
     rows = []
     try:
@@ -205,7 +206,7 @@ def _rss_kib(field: str = "VmRSS") -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _peak_rss_child(kind: str, files: dict, queue, chw: tuple = contract.IMAGE_SHAPE) -> None:
+def _peak_rss_child(kind: str, files: dict, queue, chw: tuple = CIFAR10_CHW) -> None:
     torch.set_num_threads(1)
     base = _rss_kib()
     with warnings.catch_warnings():
@@ -220,7 +221,7 @@ def _peak_rss_child(kind: str, files: dict, queue, chw: tuple = contract.IMAGE_S
     queue.put((base, _rss_kib(), _rss_kib("VmHWM")))
 
 
-def peak_memory(files: dict, chw: tuple = contract.IMAGE_SHAPE) -> dict:
+def peak_memory(files: dict, chw: tuple = CIFAR10_CHW) -> dict:
     """Peak resident memory (MiB) of a fresh process loading and running each model, and its growth."""
     ctx = mp.get_context("spawn")
     out = {}
@@ -297,9 +298,9 @@ def validate(args) -> None:
     require_int("--runs", args.runs)
     for v in args.input_size:
         require_int("--input-size", v)
-    if args.data_dir is not None and tuple(args.input_size) != contract.IMAGE_SHAPE:
+    if args.data_dir is not None and tuple(args.input_size) != CIFAR10_CHW:
         raise PipelineError(f"--input-size {' '.join(map(str, args.input_size))} with --data-dir: CIFAR-10 images are "
-                            f"{' '.join(map(str, contract.IMAGE_SHAPE))}; leave out --input-size, or --data-dir for "
+                            f"{' '.join(map(str, CIFAR10_CHW))}; leave out --input-size, or --data-dir for "
                             f"random inputs")
     args.engines = check_engines(args.engines)
     load_state_dict(build_model(args.arch), args.checkpoint, args.arch)  # one sentence naming --arch if not

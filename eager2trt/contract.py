@@ -3,7 +3,11 @@
 The CLIs, the pipeline, the benchmarks and the tests read these; nothing else types them.
 """
 
+import re
 from pathlib import Path
+from typing import Optional
+
+from .errors import PipelineError
 
 # --- artifact names: the reference recipe's, as defaults -------------------------------------------
 OUTPUT_DIR = Path("saved_models")
@@ -27,8 +31,6 @@ METRICS = "metrics.json"
 
 # --- the model's input and output --------------------------------------------------------------------
 INPUT_NAME, OUTPUT_NAME = "input", "output"
-IMAGE_SHAPE = (3, 32, 32)  # CHW of one CIFAR-10 image
-NUM_CLASSES = 10
 OPSET = 16
 
 # --- tolerances (each with where it comes from) -----------------------------------------------------
@@ -61,25 +63,47 @@ AGREEMENT_BALANCE_MAX = 1.5
 REQUANTIZATION_RATIO_MAX = 2.0
 
 
-def image_batch_shape(batch: int = 1) -> tuple:
-    """NCHW shape of a batch of model inputs."""
-    return (batch, *IMAGE_SHAPE)
+def artifact_names(name: Optional[str] = None) -> dict:
+    """Every artifact's file name for a model called `name`: None gives the reference's names above (the CIFAR-10
+    ResNet18 job's); a name N gives N.pt, N.onnx, N_quantized.onnx, N_quantized_modified.onnx, ... so that runs of
+    other models never write files named for the reference's ResNet on CIFAR-10."""
+    if name is None:
+        return dict(REFERENCE_NAMES)
+    check_name(name)
+    q = f"{name}_quantized"
+    return {"fp32_state": f"{name}.pt", "train_state": f"{name}.train-state.pt", "training_curve": TRAINING_CURVE,
+            "training_history": TRAINING_HISTORY, "fp32_onnx": f"{name}.onnx", "fp16_onnx": f"{name}_fp16.onnx",
+            "int8_onnx": f"{q}.onnx", "int8_torchscript": f"{q}.pt", "int8_onnx_modified": f"{q}_modified.onnx",
+            "int8_onnx_fast": f"{q}_fast.onnx", "int8_onnx_fallback": f"{q}_fallback.onnx", "metrics": METRICS}
+
+
+REFERENCE_NAMES = {"fp32_state": FP32_STATE, "train_state": TRAIN_STATE, "training_curve": TRAINING_CURVE,
+                   "training_history": TRAINING_HISTORY, "fp32_onnx": FP32_ONNX, "fp16_onnx": FP16_ONNX,
+                   "int8_onnx": INT8_ONNX, "int8_torchscript": INT8_TORCHSCRIPT,
+                   "int8_onnx_modified": INT8_ONNX_MODIFIED, "int8_onnx_fast": INT8_ONNX_FAST,
+                   "int8_onnx_fallback": INT8_ONNX_FALLBACK, "metrics": METRICS}
+# what one quantize_to_tensorrt run writes: an earlier run's files are kept aside until this one completes
+RUN_ARTIFACT_KEYS = ("fp32_onnx", "int8_onnx", "int8_torchscript", "int8_onnx_modified", "int8_onnx_fast",
+                     "int8_onnx_fallback", "fp16_onnx", "metrics")
+
+
+def check_name(name: str) -> str:
+    """Raise unless `name` can prefix file names: letters, digits, '.', '_' and '-', not starting with '.' or '-'."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", str(name)):
+        raise PipelineError(f"artifact name {name!r} cannot prefix file names; use letters, digits, '_', '.' and '-' "
+                            f"(not starting with '.' or '-'), e.g. mobilenet_v2")
+    return name
 
 
 class ArtifactPaths:
-    """Every artifact's path inside one output folder, under the contract's names."""
+    """Every artifact's path inside one output folder: the reference's names, or those of a model called `name`."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, name: Optional[str] = None):
         d = self.output_dir = Path(output_dir)
-        self.fp32_state = d / FP32_STATE
-        self.train_state = d / TRAIN_STATE
-        self.training_curve = d / TRAINING_CURVE
-        self.training_history = d / TRAINING_HISTORY
-        self.fp32_onnx = d / FP32_ONNX
-        self.fp16_onnx = d / FP16_ONNX
-        self.int8_onnx = d / INT8_ONNX
-        self.int8_torchscript = d / INT8_TORCHSCRIPT
-        self.int8_onnx_modified = d / INT8_ONNX_MODIFIED
-        self.int8_onnx_fast = d / INT8_ONNX_FAST
-        self.int8_onnx_fallback = d / INT8_ONNX_FALLBACK
-        self.metrics = d / METRICS
+        self.name = name
+        for key, file_name in artifact_names(name).items():
+            setattr(self, key, d / file_name)
+
+    def run_artifacts(self) -> tuple:
+        """The file names one quantize_to_tensorrt run writes (pipeline.fresh_run keeps earlier ones aside)."""
+        return tuple(getattr(self, key).name for key in RUN_ARTIFACT_KEYS)

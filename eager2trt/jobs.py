@@ -1,10 +1,12 @@
-"""The project's CIFAR-10 jobs, composed from pipeline calls: the main job (one process) and its first step.
+"""The project's jobs, composed from pipeline calls: the main job (one process) and its first step, on CIFAR-10 (the
+default, decoded once and cached) or any torchvision ImageFolder data set (eager/folders.py).
 
 `main_job` trains or loads the FP32 model, runs `pipeline.quantize_to_tensorrt` on the real test images (each
 model evaluated once; every check reads those logits), makes the FP16 ONNX and records everything in
 metrics.json under the sections the step-by-step scripts write. The CLIs parse flags and call one of these.
 """
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,10 +16,13 @@ import torch
 
 from . import contract
 from .artifacts import refuse_overwrite, save_torch, write_json
+from .calib_files import FileData, array_batches, load_array_file, load_script_data
 from .contract import ArtifactPaths
 from .eager.calibration import split_training
-from .eager.data import calibration_batches, iterate_batches, load_cifar10
-from .eager.model import build_model, load_state_dict
+from .eager.data import CIFAR10_CLASSES, calibration_batches, check_label_set, class_folder_names, load_cifar10
+from .eager.folders import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Presets, eval_split_name, load_image_folder
+from .eager.model import build_model, build_user_model, load_state_dict
+from .inputs import check_model
 from .eager.requantize import load_int8_model
 from .eager.train import Recipe, check_trained, seed_everything, train
 from .pipeline import PipelineResult, QuantizeConfig, quantize_to_tensorrt, write_fp16
@@ -28,13 +33,35 @@ from .runtime.timing import cpu_latencies, environment
 
 
 @dataclass
-class JobOptions:
-    """Everything a CIFAR-10 job needs to know; the CLI builds it from its flags."""
+class DataOptions:
+    """Where the images are and how they become inputs. With image_size, mean and std unset, CIFAR-10's layouts
+    take the CIFAR-10 path (decoded once, cached, the reference's augmentation); anything else, or any of them set,
+    is read as an ImageFolder with torchvision's presets (eager/folders.py)."""
 
     data_dir: Path = contract.DATA_DIR
+    download: bool = False
+    image_size: Optional[int] = None  # folders: DEFAULT_IMAGE_SIZE
+    mean: Optional[tuple] = None  # folders: ImageNet's
+    std: Optional[tuple] = None
+    workers: int = 2
+
+    def presets(self) -> Presets:
+        return Presets(self.image_size or DEFAULT_IMAGE_SIZE, tuple(self.mean or IMAGENET_MEAN),
+                       tuple(self.std or IMAGENET_STD), self.workers)
+
+
+@dataclass
+class JobOptions:
+    """Everything a job needs to know; the CLI builds it from its flags."""
+
+    data: DataOptions = field(default_factory=DataOptions)
     output_dir: Path = contract.OUTPUT_DIR
     arch: str = "resnet18"
+    model: Optional[str] = None  # "module:factory" or "path/file.py:factory": the user's model instead of arch
+    name: Optional[str] = None  # artifact name (default_name)
     checkpoint: Optional[Path] = None
+    calib_data: Optional[Path] = None  # X.npy / X.npz (keyed by contract.INPUT_NAME) to calibrate on
+    data_loader_script: Optional[str] = None  # S.py[:func] (Polygraphy's convention) to calibrate on
     recipe: Recipe = field(default_factory=Recipe)
     # auto: each range method from one pass, the best on held-out training images (docs/quantization.md); 20 batches
     # of 128 random training images: 100 were no better on ResNet18 or MobileNetV2 and cost five times as long
@@ -52,19 +79,91 @@ class JobOptions:
     # a converted INT8 model of the checkpoint saved whole (torch.save), instead of calibrating (eager/requantize.py)
     int8_model: Optional[Path] = None
     latency_runs: int = 200
-    download: bool = False
     overwrite: bool = False  # training may replace an existing FP32 state_dict
     save_every: int = 1
     restart: bool = False
 
 
+def uses_cifar10(data: DataOptions) -> bool:
+    """Whether `data` takes the CIFAR-10 path: no image size, mean or std asked for, and torchvision's CIFAR-10
+    layout (or --download), or train/ and test/ with 10 class folders of PNGs (a missing folder too: the CIFAR-10
+    loader then says what it expected)."""
+    root = Path(data.data_dir)
+    if data.image_size is not None or data.mean is not None or data.std is not None:
+        return False
+    if data.download or (root / "cifar-10-batches-py").is_dir() or not (root / "train").is_dir():
+        return True
+    if (root / "val").is_dir() or not (root / "test").is_dir():
+        return False
+    classes = class_folder_names(root / "train")
+    if len(classes) != CIFAR10_CLASSES:
+        return False
+    with os.scandir(root / "train" / classes[0]) as it:
+        return all(e.name.endswith(".png") for e in it if not e.name.startswith("."))
+
+
+def load_data(data: DataOptions) -> dict:
+    """{"train", "test"} splits (CIFAR-10 Splits, or an image folder's FolderSplits), the test split's labels
+    checked against the class count, and "classes" (how many) and "kind" (in words)."""
+    if uses_cifar10(data):
+        splits = load_cifar10(data.data_dir, download=data.download)
+        return {**splits, "classes": CIFAR10_CLASSES, "kind": "CIFAR-10", "cifar10": True}
+    presets = data.presets()
+    splits = load_image_folder(data.data_dir, presets)
+    classes = len(splits["train"].classes)
+    check_label_set(splits["test"], classes, eval_split_name(data.data_dir))
+    return {**splits, "classes": classes, "cifar10": False,
+            "kind": f"image folder {data.data_dir} ({classes} classes, {presets.image_size} px)"}
+
+
+def sized_for_graph(data: DataOptions, graph) -> DataOptions:
+    """An image folder without an image size is read at the size the ONNX graph takes (its input's height)."""
+    from dataclasses import replace
+
+    if data.image_size is not None or uses_cifar10(data):
+        return data
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    height = dims[2].dim_value if len(dims) == 4 and dims[2].HasField("dim_value") else None
+    return replace(data, image_size=height) if height else data
+
+
+def class_count(data: DataOptions) -> int:
+    """The number of classes `data` holds, from its folder names only (10 for CIFAR-10): checks that need it run
+    before any image is decoded."""
+    if uses_cifar10(data):
+        return CIFAR10_CLASSES
+    return len(class_folder_names(Path(data.data_dir) / "train"))
+
+
+def default_name(opts: JobOptions, cifar10: bool) -> Optional[str]:
+    """The artifacts' name: opts.name; else None (the reference's file names) for ResNet18 on CIFAR-10; else the
+    arch, or the model factory's function name."""
+    if opts.name is not None:
+        return contract.check_name(opts.name)
+    if opts.model is not None:
+        return opts.model.rpartition(":")[2]
+    return None if cifar10 and opts.arch == "resnet18" else opts.arch
+
+
+def artifact_paths(opts: JobOptions) -> ArtifactPaths:
+    """Where this job's artifacts go, under default_name's names (decided from the folder listing, no decoding)."""
+    return ArtifactPaths(opts.output_dir, default_name(opts, uses_cifar10(opts.data)))
+
+
+def new_model(opts: JobOptions, classes: int) -> torch.nn.Module:
+    """The FP32 model, randomly initialised: opts.arch, or the user's factory (held to the quantizable contract)."""
+    if opts.model is None:
+        return build_model(opts.arch, classes)
+    return check_model(build_user_model(opts.model, classes), f"the model {opts.model} returns")
+
+
 def fp32_model(opts: JobOptions, data: dict) -> tuple[torch.nn.Module, dict]:
     """Load the checkpoint, or train with the recipe and save the FP32 state_dict (and its curve)."""
     seed_everything(opts.recipe.seed)  # before build_model: the initial weights come from the seeded generator
-    model = build_model(opts.arch)
+    model = new_model(opts, data["classes"])
     if opts.checkpoint is not None:
-        return load_state_dict(model, opts.checkpoint, opts.arch), {"checkpoint": str(opts.checkpoint)}
-    paths = ArtifactPaths(opts.output_dir)
+        return load_state_dict(model, opts.checkpoint, opts.model or opts.arch), {"checkpoint": str(opts.checkpoint)}
+    paths = ArtifactPaths(opts.output_dir, default_name(opts, data["cifar10"]))
     refuse_overwrite(paths.fp32_state, opts.overwrite)
     history = train(model, data["train"], data["test"], opts.recipe, state_path=paths.train_state,
                     save_every=opts.save_every, restart=opts.restart)
@@ -76,31 +175,54 @@ def fp32_model(opts: JobOptions, data: dict) -> tuple[torch.nn.Module, dict]:
     paths.train_state.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
     if history.epochs:
         write_json(paths.training_history, {"epochs": history.epochs})
-        plot_training(history.epochs, paths.training_curve, title=f"{opts.arch} on CIFAR-10")
+        plot_training(history.epochs, paths.training_curve, title=f"{opts.model or opts.arch} on {data['kind']}")
     return model, {"epochs": history.epochs, "train_seconds": history.train_seconds, "recipe": asdict(opts.recipe)}
 
 
-def calibration_data(train, opts: JobOptions) -> tuple:
-    """Calibration batches, and for calibration "auto" or the fallback (batches, labels) of other training images
-    to choose on (disjoint from the calibration images)."""
-    if opts.quantization.calibration != "auto" and not opts.fallback:
+def calibration_file(opts: JobOptions, chw: tuple) -> Optional[FileData]:
+    """The calibration batches --calib-data or --data-loader-script give (checked against the input shape `chw`),
+    None without either."""
+    if opts.calib_data is not None:
+        x = load_array_file(opts.calib_data, contract.INPUT_NAME, chw)
+        return FileData(array_batches(x, opts.recipe.batch_size), None, f"calibration data {opts.calib_data}")
+    if opts.data_loader_script is not None:
+        return load_script_data(opts.data_loader_script, contract.INPUT_NAME, chw)
+    return None
+
+
+def calibration_data(train, opts: JobOptions, given: Optional[FileData] = None) -> tuple:
+    """Calibration batches (`given`'s, else training images), and for calibration "auto" or the fallback (batches,
+    labels) of other training images to choose on (disjoint from the calibration images)."""
+    needs_holdout = opts.quantization.calibration == "auto" or opts.fallback
+    if given is not None:
+        held = split_training(train, 0, min(opts.holdout_images, len(train) // 2))[1] if needs_holdout else None
+        return given.batches, (_pairs(held, opts.recipe.batch_size) if held is not None else None)
+    if not needs_holdout:
         return calibration_batches(train, opts.recipe.batch_size, opts.calib_batches), None
     size = opts.recipe.batch_size
-    calib_images = (opts.calib_batches or -(-(len(train) - opts.holdout_images) // size)) * size
-    calib, held = split_training(train, min(calib_images, len(train) - opts.holdout_images), opts.holdout_images)
-    batches = [(x, y) for x, y in iterate_batches(held, size)]
-    return [x for x, _ in iterate_batches(calib, size)], ([x for x, _ in batches], [y for _, y in batches])
+    holdout = min(opts.holdout_images, len(train) // 2)  # a small image folder keeps half for calibration
+    calib_images = (opts.calib_batches or -(-(len(train) - holdout) // size)) * size
+    calib, held = split_training(train, min(calib_images, len(train) - holdout), holdout)
+    return [x for x, _ in calib.batches(size)], _pairs(held, size)
+
+
+def _pairs(split, batch_size: int) -> tuple[list, list]:
+    """(batches, labels per batch) of a split, in stored order."""
+    batches = list(split.batches(batch_size))
+    return [x for x, _ in batches], [y for _, y in batches]
 
 
 def main_job(opts: JobOptions) -> dict:
     """Train or load, quantize, make TensorRT-ready, verify on the test set, write artifacts and metrics.json."""
     t_start = time.perf_counter()
-    paths = ArtifactPaths(opts.output_dir)
-    data = load_cifar10(opts.data_dir, download=opts.download)
-    fp32, training = fp32_model(opts, data)
+    data = load_data(opts.data)
+    name = default_name(opts, data["cifar10"])
+    paths = ArtifactPaths(opts.output_dir, name)
     test = data["test"]
-    images = [x for x, _ in iterate_batches(test, 500)]
-    calib, holdout = calibration_data(data["train"], opts)
+    images = [x for x, _ in test.batches(500)]
+    given = calibration_file(opts, tuple(images[0].shape[1:]))  # a bad file stops the run before training
+    fp32, training = fp32_model(opts, data)
+    calib, holdout = calibration_data(data["train"], opts, given)
     int8, twin, qat = None, None, None
     if opts.qat_epochs:
         calib = list(calib)  # QAT calibrates on them; the pipeline takes its example input from them
@@ -109,7 +231,7 @@ def main_job(opts: JobOptions) -> dict:
         int8 = load_int8_model(opts.int8_model, opts.quantization.engine)
     result = quantize_to_tensorrt(fp32, calib, opts.output_dir, opts.quantization, images=images, labels=test.labels,
                                   fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout,
-                                  fallback=opts.fallback, int8=int8, float_twin=twin)
+                                  fallback=opts.fallback, int8=int8, float_twin=twin, name=name)
     extra = write_fp16(paths.fp32_onnx, paths.fp16_onnx, images, test.labels, result.accuracy["fp32"],
                        "PyTorch FP32") if opts.fp16 else []
     example = images[0][:1]
@@ -120,9 +242,19 @@ def main_job(opts: JobOptions) -> dict:
                                      sync=torch.cuda.synchronize, threads=False))
         result.fp32.cpu()
     record = record_of(result, opts, training, latency, extra, time.perf_counter() - t_start, qat)
+    record["pytorch"]["data"] = {"kind": data["kind"], "classes": data["classes"], "name": name,
+                                 "input_shape": list(images[0].shape[1:]), "calibration_source": _calib_source(opts)}
     for section, values in record.items():
         metrics.update(paths.metrics, section, values)
     return {"result": result, "record": record, "checks": result.checks + extra}
+
+
+def _calib_source(opts: JobOptions) -> str:
+    if opts.calib_data is not None:
+        return f"--calib-data {opts.calib_data}"
+    if opts.data_loader_script is not None:
+        return f"--data-loader-script {opts.data_loader_script}"
+    return "training images"
 
 
 def qat_method(fp32: torch.nn.Module, calib: list, holdout: tuple, config: QuantizeConfig) -> str:
@@ -162,7 +294,7 @@ def record_of(result: PipelineResult, opts: JobOptions, training: dict, latency:
               seconds: float, qat: Optional[dict] = None) -> dict:
     """metrics.json sections: pytorch (stage 1's figures), onnx_gs / onnx_gs_fast / onnx_gs_fallback (the graphs),
     fp16, validation."""
-    pytorch = {"arch": opts.arch, "fp32_accuracy": result.accuracy.get("fp32"),
+    pytorch = {"arch": opts.arch, "model": opts.model, "fp32_accuracy": result.accuracy.get("fp32"),
                "int8_accuracy": result.accuracy.get("int8"), "fusion_max_abs_diff": result.fusion_max_abs_diff,
                "int8_vs_onnx_agreement": result.check("agreement").figures, "latency_batch1_ms": latency,
                "activation_dtype": opts.quantization.activation_dtype, "engine": result.engine,

@@ -205,8 +205,10 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
                          accuracy_budget: float = contract.ACCURACY_BUDGET,
                          holdout: Optional[tuple] = None, fallback: bool = False,
                          int8: Optional[torch.nn.Module] = None,
-                         float_twin: Optional[torch.nn.Module] = None) -> PipelineResult:
-    """Fuse, quantize, export and make TensorRT-ready, verifying each step; write every artifact to output_dir.
+                         float_twin: Optional[torch.nn.Module] = None, name: Optional[str] = None) -> PipelineResult:
+    """Fuse, quantize, export and make TensorRT-ready, verifying each step; write every artifact to output_dir
+    (named for `name`: N.onnx, N_quantized.onnx, N_quantized_modified.onnx, ...; None: the reference's names,
+    contract.artifact_names).
 
     `fp32` needs torchvision's quantizable-model contract: QuantStub/DeQuantStub around forward, FloatFunctional
     for additions, and a `fuse_model()` method (docs/bring_your_own_model.md). `images` are real float NCHW
@@ -255,9 +257,9 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     example, calibration_batches = peek(calibration_batches, "calibration_batches")
     holdout_arrays = _check_fallback_arguments(fp32, holdout, images, labels, tuple(example.shape[1:])) \
         if fallback else None
-    paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"))
+    paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"), name)
     done = []  # the finished run's result; a failed one keeps the earlier run's files aside (fresh_run)
-    with fresh_run(paths.output_dir, RUN_ARTIFACTS, keep_previous=lambda: done[0].failure is not None):
+    with fresh_run(paths.output_dir, paths.run_artifacts(), keep_previous=lambda: done[0].failure is not None):
         done.append(_quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast,
                                           accuracy_budget, holdout, holdout_arrays, int8, float_twin))
     result = done[0]
@@ -272,11 +274,6 @@ def run_failed(result: "PipelineResult") -> CheckFailed:
     exc = CheckFailed(replace(result.failure, fix=f"{result.failure.fix}; {on_disk(result)}".lstrip("; ")))
     exc.result = result
     return exc
-
-
-# what one quantize_to_tensorrt run writes: an earlier run's files are kept aside until this one completes
-RUN_ARTIFACTS = (contract.FP32_ONNX, contract.INT8_ONNX, contract.INT8_TORCHSCRIPT, contract.INT8_ONNX_MODIFIED,
-                 contract.INT8_ONNX_FAST, contract.INT8_ONNX_FALLBACK, contract.FP16_ONNX, contract.METRICS)
 
 
 def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast, accuracy_budget,

@@ -1,4 +1,4 @@
-"""Train (or load) a model on CIFAR-10, quantize it in eager mode, export FP32/INT8 ONNX and TorchScript, and make
+"""Train (or load) a model on CIFAR-10 or any image folder, quantize it in eager mode, export FP32/INT8 ONNX and TorchScript, and make
 and verify the TensorRT-ready Q/DQ graphs (exact and fast) on the real test images.
 
 With --fp16-onnx it is the whole main job before the engines: the FP16 ONNX is written and checked too.
@@ -9,13 +9,14 @@ from pathlib import Path
 
 from .. import contract, jobs
 from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, refuse_same_file
-from ..contract import ArtifactPaths
+from ..calib_files import check_calibration_paths
 from ..eager.engines import AUTO, candidate_engines, supported_engines
 from ..eager.model import ARCHS
 from ..eager.calibration import DEFAULT_PERCENTILE, check_percentile
 from ..eager.quantize import ACTIVATION_DTYPES, CALIBRATIONS
 from ..eager.train import Recipe
 from ..errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
+from .data_args import add_calibration_file_args, add_data_args, check_data_args, data_options
 from ..graph.placement import HIGH_PRECISIONS
 from ..pipeline import QuantizeConfig
 from ..reports.console import print_checks, print_graph, print_latencies
@@ -23,13 +24,18 @@ from ..reports.console import print_checks, print_graph, print_latencies
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=contract.DATA_DIR,
-                   help="CIFAR-10 root: torchvision layout or train/ and test/ image folders")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10 through torchvision")
+    add_data_args(p)
     p.add_argument("--output-dir", type=Path, default=contract.OUTPUT_DIR, help="where every artifact goes")
     p.add_argument("--arch", default="resnet18",
                    help=f"one of {', '.join(ARCHS)} (torchvision's quantizable models; _cifar: stride-1 stem for 32x32)")
+    p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                   help="your own model instead of --arch: module:function or path/file.py:function returning the FP32 "
+                        "model (QuantStub/DeQuantStub, fuse_model()), given num_classes= when it takes it")
+    p.add_argument("--name", default=None,
+                   help="artifact name: NAME.pt, NAME.onnx, NAME_quantized*.onnx (default: the reference's "
+                        "resnet_cifar10 names for ResNet18 on CIFAR-10, else the arch or the factory's name)")
     p.add_argument("--checkpoint", type=Path, help="start from this FP32 state_dict and skip training")
+    add_calibration_file_args(p)
     p.add_argument("--epochs", type=int, default=200, help="training epochs (ignored with --checkpoint)")
     p.add_argument("--batch-size", type=int, default=128, help="training and calibration batch size")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
@@ -61,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", action="store_true",
                    help=f"when INT8 is outside --accuracy-budget, keep the fewest layers in float (chosen on "
                         f"{defaults.holdout_images} held-out training images, never the test set) and write "
-                        f"{contract.INT8_ONNX_FALLBACK}, held to FP32 within the budget on the test images")
+                        f"<name>_quantized_fallback.onnx ({contract.INT8_ONNX_FALLBACK} for ResNet18 on CIFAR-10), held "
+                        f"to FP32 within the budget on the test images")
     p.add_argument("--qat-epochs", type=int, default=None,
                    help="quantization-aware fine-tuning for this many epochs (1 or more; CUDA when available) "
                         "instead of post-training calibration; QAT's observers use --calibration, or for auto the "
@@ -77,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                               "(the main job does)")
     p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs per latency figure")
     p.add_argument("--overwrite", action="store_true",
-                   help="let training replace an existing <output-dir>/resnet_cifar10.pt")
+                   help="let training replace an existing FP32 state_dict (<output-dir>/resnet_cifar10.pt, or <name>.pt)")
     p.add_argument("--restart", action="store_true",
                    help="move an interrupted run's training state aside (kept) and train from scratch")
     return p
@@ -102,6 +109,8 @@ def validate(args) -> None:
     require_int("--qat-epochs", args.qat_epochs)  # unset (None): PTQ; 0 or less is refused
     require_float("--accuracy-budget", args.accuracy_budget)
     require_choice("--arch", args.arch, ARCHS)
+    check_data_args(args)
+    check_model_args(args)
     require_choice("--activation-dtype", args.activation_dtype, ACTIVATION_DTYPES)
     require_choice("--calibration", args.calibration, CALIBRATIONS)
     check_percentile(args.percentile)
@@ -116,15 +125,27 @@ def validate(args) -> None:
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise PipelineError(f"checkpoint {args.checkpoint} does not exist; pass the path of a saved FP32 state_dict")
     ensure_writable_dir(args.output_dir)
+    written = jobs.artifact_paths(options(args))
     if args.checkpoint is None:
-        refuse_overwrite(args.output_dir / contract.FP32_STATE, args.overwrite)
+        refuse_overwrite(written.fp32_state, args.overwrite)
     else:
-        written = ArtifactPaths(args.output_dir)
         refuse_same_file({"--checkpoint": args.checkpoint},
                          {name: getattr(written, name) for name in ("fp32_onnx", "int8_onnx", "int8_torchscript",
                                                                    "int8_onnx_modified", "int8_onnx_fast",
                                                                    "int8_onnx_fallback", "metrics")},
                          overwrite=args.overwrite, overwrite_hint="pass --overwrite")
+
+
+def check_model_args(args) -> None:
+    """--model, --name, --calib-data and --data-loader-script, before any work: one sentence naming the flag."""
+    if args.model is not None and ":" not in args.model:
+        raise PipelineError(f"--model {args.model} names no factory; pass module:function or path/file.py:function, "
+                            f"e.g. my_models.py:make_net")
+    if args.name is not None:
+        contract.check_name(args.name)
+    if args.calib_data is not None and args.data_loader_script is not None:
+        raise PipelineError("--calib-data and --data-loader-script both give calibration data; pass one of them")
+    check_calibration_paths(args.calib_data, args.data_loader_script)
 
 
 def options(args) -> jobs.JobOptions:
@@ -133,14 +154,15 @@ def options(args) -> jobs.JobOptions:
                     weight_decay=args.weight_decay, milestones=tuple(args.milestones), seed=args.seed,
                     train_subset=args.train_subset, fast=not args.no_fast,
                     compile_mode=None if args.compile_mode == "none" else args.compile_mode)
-    return jobs.JobOptions(data_dir=args.data_dir, output_dir=args.output_dir, arch=args.arch,
-                           checkpoint=args.checkpoint, recipe=recipe,
+    return jobs.JobOptions(data=data_options(args), output_dir=args.output_dir, arch=args.arch, model=args.model,
+                           name=args.name, checkpoint=args.checkpoint, calib_data=args.calib_data,
+                           data_loader_script=args.data_loader_script, recipe=recipe,
                            quantization=QuantizeConfig(args.activation_dtype, args.calibration, args.engine,
                                                         args.percentile),
                            calib_batches=args.calib_batches or None, accuracy_budget=args.accuracy_budget,
                            fast=None if args.no_fast_graph else args.high_precision, fp16=args.fp16_onnx,
                            fallback=args.fallback, qat_epochs=args.qat_epochs, int8_model=args.int8_model,
-                           latency_runs=args.latency_runs, download=args.download, overwrite=args.overwrite,
+                           latency_runs=args.latency_runs, overwrite=args.overwrite,
                            save_every=args.save_every, restart=args.restart)
 
 

@@ -11,7 +11,9 @@ from ..runtime.inputs import onnx_input_shape as input_shape
 from ..checks.result import require
 from ..errors import PipelineError, require_choice, require_float, require_int, run_cli
 from ..graph.onnx_utils import is_quantized, load_onnx
+from ..jobs import load_data, sized_for_graph
 from ..reports.sensitivity import SPLITS, print_run, sensitivity_report
+from .data_args import add_data_args, check_data_args, data_options
 
 FALLBACK_ONNX = contract.INT8_ONNX_FALLBACK
 
@@ -24,11 +26,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", type=Path, default=None,
                    help="FP32 ONNX of the same model: the reference, and the float weights (without it: the INT8 "
                         "graph with every Q/DQ removed, and weight quantization error is not measured)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="CIFAR-10 for accuracy on a held-out slice (without it: random inputs, top-1 agreement "
-                        "and logit error against the reference)")
+    add_data_args(p, data_dir_default=None,
+                  data_help="labelled images for accuracy on a held-out slice: CIFAR-10 or any ImageFolder layout "
+                            "(docs/data.md; an image folder is read at the graph's input size unless --image-size); "
+                            "without it: random inputs, top-1 agreement and logit error against the reference")
     p.add_argument("--split", default="test", choices=SPLITS,
-                   help="CIFAR-10 split the held-out slice comes from (the last --images of a fixed permutation); "
+                   help="split the held-out slice comes from (test: an image folder's val/ or test/) (the last --images of a fixed permutation); "
                         "train only for models that did not train on it: the shipped ResNet18 scores 100%% there")
     p.add_argument("--images", type=int, default=1000, help="evaluation images; the cost is 2 x layers x images")
     p.add_argument("--batch-size", type=int, default=250, help="evaluation batch size")
@@ -59,8 +62,9 @@ def check_args(args) -> None:
     for flag, path in (("--input", args.input), ("--fp32", args.fp32)):
         if path is not None and not path.is_file():
             raise PipelineError(f"{flag} {path} does not exist; pass the path of an existing ONNX file")
+    check_data_args(args)
     if args.data_dir is not None and not args.data_dir.is_dir():
-        raise PipelineError(f"--data-dir {args.data_dir} is not a directory; pass the CIFAR-10 folder, or leave "
+        raise PipelineError(f"--data-dir {args.data_dir} is not a directory; pass the data folder, or leave "
                             f"--data-dir out for random inputs")
 
 
@@ -70,6 +74,16 @@ def _graph_input_size(model) -> tuple:
     except PipelineError:
         raise PipelineError(f"the graph's input {model.graph.input[0].name} has symbolic image dimensions; pass "
                             f"--input-size C H W for the random inputs, or --data-dir") from None
+
+
+def held_out_data(args, model) -> tuple:
+    """The --split split of --data-dir (an image folder at the graph's input size unless --image-size) and its
+    description; (None, "") without --data-dir."""
+    if args.data_dir is None:
+        return None, ""
+    data = sized_for_graph(data_options(args), model)
+    loaded = load_data(data)
+    return loaded[args.split], f"{loaded['kind']} under {args.data_dir}"
 
 
 def main(args) -> dict:
@@ -85,8 +99,9 @@ def main(args) -> dict:
     shape = tuple(args.input_size) if args.input_size else (None if args.data_dir else _graph_input_size(model))
     out = ensure_writable_dir(args.output_dir)
     with output_lock(out):
-        run = sensitivity_report(model, out, fp32=fp32, data_dir=args.data_dir, split=args.split, images=args.images,
-                                 input_shape=shape, batch_size=args.batch_size, threads=args.threads,
+        data, source = held_out_data(args, model)
+        run = sensitivity_report(model, out, fp32=fp32, data=data, data_source=source, split=args.split,
+                                 images=args.images, input_shape=shape, batch_size=args.batch_size, threads=args.threads,
                                  budget=args.accuracy_budget,
                                  fallback_path=out / FALLBACK_ONNX if args.fallback else None)
         print_run(run, args.top)

@@ -14,7 +14,7 @@ from .. import contract, jobs, pipeline
 from ..artifacts import check_complete, ensure_writable_dir, output_lock, refuse_same_file
 from ..contract import EQUIVALENCE_ATOL
 from ..eager.torchscript import load_int8_torchscript
-from ..eager.data import NUM_CLASSES, check_label_set, iterate_batches, load_cifar10
+from ..eager.data import CIFAR10_CLASSES, check_label_set, iterate_batches, load_cifar10
 from ..errors import PipelineError, require_choice, require_float, run_cli
 from ..graph.onnx_utils import check_interface, load_onnx, output_width
 from ..graph.placement import HIGH_PRECISIONS
@@ -102,9 +102,9 @@ def rewrite(args) -> pipeline.Graph:
     fast = args.mode == "fast"
     original = load_onnx(args.input)
     if args.data_dir is not None and not args.no_verify:
-        check_interface(original, num_classes=NUM_CLASSES, name=str(args.input))
+        check_interface(original, num_classes=CIFAR10_CLASSES, name=str(args.input))
         test = load_cifar10(args.data_dir)["test"]
-        check_label_set(test, NUM_CLASSES)
+        check_label_set(test, CIFAR10_CLASSES)
         images, labels = [x for x, _ in iterate_batches(test, 500)], test.labels
         torchscript = beside_input(args, args.torchscript, contract.INT8_TORCHSCRIPT) if fast else None
         reference = jobs.pytorch_reference_logits(torchscript, test) if torchscript else None

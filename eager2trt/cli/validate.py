@@ -1,4 +1,5 @@
-"""Validate a TensorRT engine, or an ONNX model in onnxruntime (--onnx), on all CIFAR-10 test images.
+"""Validate a TensorRT engine, or an ONNX model in onnxruntime (--onnx), on all test images: CIFAR-10's, an image
+folder's (val/ or test/), or the labelled batches of a data loader script.
 
 Prints the I/O tensors and the accuracy, and holds it to the PyTorch accuracy that resnet_torch.py recorded
 in metrics.json (within 0.1 points; a missing record is an error, unless --reference none; a mismatch exits 2). --benchmark
@@ -17,10 +18,12 @@ from ..checks.compare import accuracy_matches
 from ..checks.result import Check, require
 from ..reports.console import print_checks
 from ..runtime.backends import OnnxRunner, TensorRTRunner, evaluate
-from ..eager.data import NUM_CLASSES, check_label_set, load_cifar10
+from ..calib_files import LabelledBatches, check_calibration_paths, load_script_data
+from ..jobs import DataOptions, class_count, load_data, sized_for_graph
+from .data_args import add_data_args, check_data_args, data_options
 from ..graph.onnx_utils import check_interface, load_onnx
 from ..stats import same_model_accuracy_check
-from ..errors import require_int, run_cli
+from ..errors import PipelineError, require_int, run_cli
 from ..runtime.timing import environment
 
 
@@ -30,7 +33,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     src.add_argument("--engine", type=Path, default=None,
                      help=f"TensorRT engine (when neither is given: {contract.OUTPUT_DIR / contract.INT8_ENGINE})")
     src.add_argument("--onnx", type=Path, default=None, help="evaluate this ONNX model in onnxruntime instead")
-    p.add_argument("--data-dir", type=Path, default=contract.DATA_DIR, help="CIFAR-10 root")
+    add_data_args(p)
+    p.add_argument("--data-loader-script", default=None, metavar="S.py[:func]",
+                   help=f"evaluate on the (feed, labels) pairs that func (default load_data) returns or yields, feed "
+                        f"{{'{contract.INPUT_NAME}': float32 NCHW array}} and labels one class index per sample "
+                        f"(Polygraphy's convention; docs/data.md), instead of --data-dir")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default: the engine profile's largest batch up to 256; 500 for ONNX")
     p.add_argument("--reference", choices=["auto", "int8", "fp32", "none"], default="auto",
@@ -67,6 +74,8 @@ def validate(args) -> None:
     require_int("--batch-size", args.batch_size)
     require_int("--runs", args.runs)
     require_int("--benchmark-batch", args.benchmark_batch)
+    check_data_args(args)
+    check_calibration_paths(script=args.data_loader_script)
     ensure_writable_dir(args.metrics.parent, "--metrics")
     metrics.check(args.metrics)  # a damaged record fails now, not after the evaluation
 
@@ -88,11 +97,14 @@ def run_validation(args) -> Optional[Check]:
     which = ("int8" if runner.quantized else "fp32") if args.reference == "auto" else args.reference
     # read the reference before the long evaluation: a missing record fails in a second, not after it
     ref = metrics.PyTorchAccuracy.read(args.metrics).of(which) if which != "none" else None
+    data = data_options(args)
     if args.onnx is not None:  # what the evaluation feeds and reads, checked before it starts
-        check_interface(load_onnx(args.onnx), num_classes=NUM_CLASSES, name=str(args.onnx))
+        graph = load_onnx(args.onnx)
+        data = sized_for_graph(data, graph)
+        classes = None if args.data_loader_script else class_count(data)
+        check_interface(graph, num_classes=classes, name=str(args.onnx))
     print_io(runner.describe())
-    test = load_cifar10(args.data_dir)["test"]
-    check_label_set(test, NUM_CLASSES)
+    test = test_data(data, args.data_loader_script)
     ev = evaluate(runner, test, args.batch_size or runner.default_batch())
     print(f"{runner.name} accuracy of {model_path.name} on {len(test)} test images: {ev.accuracy:.4f}")
     result = {"backend": runner.name, "model": str(model_path), "accuracy": ev.accuracy, "samples": len(test),
@@ -103,13 +115,31 @@ def run_validation(args) -> Optional[Check]:
         result.update(reference=which, reference_accuracy=ref, matches_reference=check.passed, check=check.as_dict())
         print_checks([check])
     if args.benchmark:
-        bench = runner.benchmark(args.benchmark_batch, args.runs, tuple(test.images.shape[1:]))
+        bench = runner.benchmark(args.benchmark_batch, args.runs, image_shape(test))
         bench["environment"] = environment()
         write_json(args.metrics.parent / f"benchmark_{runner.name}_{model_path.stem}.json", bench)
         print_benchmark(bench)
         result["benchmark"] = {k: v for k, v in bench.items() if k != "environment"}
     metrics.update(args.metrics, "validation", {model_path.name: result})
     return require(check) if check is not None else None
+
+
+def test_data(data: DataOptions, script: Optional[str]):
+    """The labelled images to evaluate on: the data loader script's (it must give labels), else the data folder's
+    test split."""
+    if script is None:
+        return load_data(data)["test"]
+    given = load_script_data(script)
+    if given.labels is None:
+        raise PipelineError(f"data loader script {script} gave no labels, so accuracy cannot be measured; yield "
+                            f"(feed, labels) pairs, labels one class index per sample, or pass --data-dir instead")
+    return LabelledBatches(given.batches, given.labels)
+
+
+def image_shape(test) -> tuple:
+    """CHW of the evaluated images (one batch read)."""
+    x, _ = next(iter(test.batches(1)))
+    return tuple(x.shape[1:])
 
 
 def reference_check(args, runner, ev, test, ref: float, which: str) -> Check:

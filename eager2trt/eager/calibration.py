@@ -304,7 +304,8 @@ def choose_calibration(prepared: torch.nn.Module, holdout_batches: Sequence[torc
 
 
 def split_training(train: Split, calib_images: int, holdout_images: int = 0, seed: int = 0) -> tuple[Split, Split]:
-    """Disjoint calibration and held-out subsets of the training split, from one fixed random permutation.
+    """Disjoint calibration and held-out subsets of the training split (a Split or an image folder's FolderSplit),
+    from one fixed random permutation.
 
     A random subset, not the first images: the image-folder layout stores CIFAR-10 sorted by class, so its first
     2,560 images are all airplanes.
@@ -313,6 +314,5 @@ def split_training(train: Split, calib_images: int, holdout_images: int = 0, see
     if calib_images + holdout_images > n:
         raise PipelineError(f"{calib_images} calibration and {holdout_images} held-out images need more than the "
                             f"{n} training images; ask for fewer")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(train.images.device)
-    pick = lambda idx: Split(train.images[idx], train.labels[idx])  # noqa: E731
-    return pick(order[:calib_images]), pick(order[calib_images:calib_images + holdout_images])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(train.labels.device)
+    return train.take(order[:calib_images]), train.take(order[calib_images:calib_images + holdout_images])

@@ -25,7 +25,8 @@ from ..errors import PipelineError
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CIFAR10_COUNTS = {"train": 50_000, "test": 10_000}
-NUM_CLASSES = 10
+CIFAR10_CLASSES = 10
+CIFAR10_CHW = (3, 32, 32)  # one image, CHW
 PADDING = 4
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "eager2trt"
 
@@ -49,6 +50,18 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def take(self, idx) -> "Split":
+        """The samples at positions `idx`, in that order."""
+        return Split(self.images[idx], self.labels[idx])
+
+    def batches(self, batch_size: int):
+        """Normalized float batches and labels in stored order (iterate_batches)."""
+        return iterate_batches(self, batch_size)
+
+    def epoch(self, batch_size: int, generator: Optional[torch.Generator] = None):
+        """One shuffled, augmented training epoch of uint8 batches (epoch_batches)."""
+        return epoch_batches(self, batch_size, generator)
 
 
 def _layout_help(root: Path) -> str:
@@ -82,12 +95,24 @@ def _ignore_hidden(names: list[str], folder: Path, what: str) -> list[str]:
     return [n for n in names if not n.startswith(".")]
 
 
-def _class_names(root: Path, split: str) -> list[str]:
-    """Sorted class folder names of one split; hidden folders are ignored (with a notice), since one sorting
+def class_folder_names(folder: Path) -> list[str]:
+    """Sorted class folder names in `folder`; hidden folders are ignored (with a notice), since one sorting
     first would shift every label by one."""
-    folder = root / split
     names = [e.name for e in _entries(folder) if e.is_dir()]
     return sorted(_ignore_hidden(names, folder, "folders"))
+
+
+def _class_names(root: Path, split: str) -> list[str]:
+    return class_folder_names(root / split)
+
+
+def check_numbered_classes(folder: Path, names: list[str]) -> None:
+    """Raise when class folders are numbers sorted as text (10 before 2): the sorted names are the label order."""
+    numbers = [int(n) for n in names if n.isdecimal()]
+    if len(numbers) == len(names) and sorted(numbers) != [int(n) for n in names]:
+        raise PipelineError(f"the class folders of {folder} are numbers sorted as text ({', '.join(names[:4])}, "
+                            f"...), so folder {names[1]} would take label 1; the sorted folder names are the label "
+                            f"order, so rename them with leading zeros (e.g. {int(names[0]):02d}, {int(names[1]):02d})")
 
 
 def _check_class_names(root: Path) -> list[str]:
@@ -99,14 +124,10 @@ def _check_class_names(root: Path) -> list[str]:
         raise PipelineError(f"class folders of {root / 'train'} and {root / 'test'} differ (only in train: "
                             f"{only_train}; only in test: {only_test}), so labels would not line up; give both "
                             f"splits the same class folder names")
-    numbers = [int(n) for n in train if n.isdecimal()]
-    if len(numbers) == len(train) and sorted(numbers) != [int(n) for n in train]:
-        raise PipelineError(f"the class folders of {root / 'train'} are numbers sorted as text ({', '.join(train[:4])}, "
-                            f"...), so folder {train[1]} would take label 1; the sorted folder names are the label "
-                            f"order, so rename them with leading zeros (e.g. {int(train[0]):02d}, {int(train[1]):02d})")
-    if len(train) != NUM_CLASSES:
+    check_numbered_classes(root / 'train', train)
+    if len(train) != CIFAR10_CLASSES:
         raise PipelineError(f"{root / 'train'} and {root / 'test'} hold {len(train)} class folders "
-                            f"({', '.join(train[:12]) or 'none'}), not CIFAR-10's {NUM_CLASSES}; the sorted folder "
+                            f"({', '.join(train[:12]) or 'none'}), not CIFAR-10's {CIFAR10_CLASSES}; the sorted folder "
                             f"names are the label order, so remove the extra folders or add the missing ones")
     return train
 
@@ -145,7 +166,7 @@ def check_label_set(split: Split, num_classes: int, name: str = "test") -> None:
 def _check_counts(root: Path, counts: dict, classes: dict, strict: bool) -> None:
     expected = CIFAR10_COUNTS if strict else {s: 1 for s in CIFAR10_COUNTS}
     bad = [s for s in expected if counts.get(s, 0) < expected[s] or (strict and counts[s] != expected[s])]
-    bad += [s for s in classes if classes[s] != NUM_CLASSES and s not in bad]
+    bad += [s for s in classes if classes[s] != CIFAR10_CLASSES and s not in bad]
     if bad:
         found = ", ".join(f"{s}: {counts.get(s, 0)} images in {classes.get(s, 0)} classes" for s in expected)
         raise PipelineError(f"CIFAR-10 under {root} is incomplete (found {found}); {_layout_help(root)}")
@@ -220,7 +241,7 @@ def load_cifar10(root: Path, download: bool = False, cache_dir: Optional[Path] =
     root = Path(root)
     splits = _load_splits(root, download, cache_dir, strict)
     for name, split in splits.items():
-        check_label_set(split, NUM_CLASSES, name)
+        check_label_set(split, CIFAR10_CLASSES, name)
     return splits
 
 
@@ -323,6 +344,14 @@ def calibration_batches(split: Split, batch_size: int, limit: Optional[int] = No
     """Un-augmented, normalized images for calibration: every image in stored order (limit None), or `limit`
     batches drawn from a fixed random permutation, so that a subset covers every class (an image folder is stored
     class by class: its first batches would be airplanes only)."""
+    if not isinstance(split, Split):  # an image folder (eager/folders.py): the same images, decoded per batch
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
+        count = len(split) if limit is None else min(len(split), limit * batch_size)
+        return (x for x, _ in split.take(order[:count]).batches(batch_size))
+    return _cifar_calibration_batches(split, batch_size, limit)
+
+
+def _cifar_calibration_batches(split: Split, batch_size: int, limit: Optional[int]):
     if limit is None:
         order, count = torch.arange(len(split), device=split.images.device), len(split)
     else:

@@ -164,3 +164,69 @@ def fuse(model: torch.nn.Module, input_shape: tuple, num_checks: int = 4,
         raise PipelineError(f"fused model deviates from the unfused one by up to {max_abs:.3g} "
                             f"(rtol {FUSE_RTOL}, atol {atol:.3g}); the model is not fusable as-is")
     return fused, max_abs
+
+
+def load_factory(spec: str):
+    """The function `spec` names: "package.module:function" (imported) or "path/to/file.py:function" (loaded
+    from that file)."""
+    import importlib
+    import importlib.util
+
+    where, sep, attr = str(spec).rpartition(":")
+    if not sep or not where or not attr.isidentifier():
+        raise PipelineError(f"model {spec!r} names no factory; pass module:function or path/file.py:function, e.g. "
+                            f"my_models.py:make_net")
+    try:
+        if where.endswith(".py"):
+            if not Path(where).is_file():
+                raise PipelineError(f"model file {where} does not exist; pass path/file.py:function with an "
+                                    f"existing file")
+            spec_ = importlib.util.spec_from_file_location(Path(where).stem, where)
+            module = importlib.util.module_from_spec(spec_)
+            spec_.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except PipelineError:
+        raise
+    except Exception as exc:  # any error of the user's module while importing
+        raise PipelineError(f"model module {where} could not be imported ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); fix it, or check PYTHONPATH "
+                            f"for module:function") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))[:8]
+        raise PipelineError(f"{where} has no function {attr} (its callables: {', '.join(found) or 'none'}); pass "
+                            f"{where}:<one of them>")
+    return factory
+
+
+def build_user_model(spec: str, num_classes: int) -> torch.nn.Module:
+    """The FP32 model the factory `spec` returns, given num_classes= when it takes that argument; raises unless it
+    is a module with `num_classes` outputs (the quantizable-model contract is eager2trt.inputs.check_model's)."""
+    import inspect
+
+    factory = load_factory(spec)
+    try:
+        takes = "num_classes" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        takes = False
+    try:
+        model = factory(num_classes=num_classes) if takes else factory()
+    except Exception as exc:  # the user's factory failed
+        raise PipelineError(f"model factory {spec} raised {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+                            f"; fix the factory so that it returns the FP32 model") from None
+    if not isinstance(model, torch.nn.Module):
+        raise PipelineError(f"model factory {spec} returned a {type(model).__name__}, not a torch.nn.Module; return "
+                            f"the FP32 model")
+    found = num_classes_of(model)
+    if found is not None and found != num_classes:
+        raise PipelineError(f"the model {spec} returns has {found} outputs but the data has {num_classes} classes; "
+                            f"accept num_classes in the factory (def {spec.rpartition(':')[2]}(num_classes): ...) or "
+                            f"build the model with {num_classes} outputs")
+    return model
+
+
+def num_classes_of(model: torch.nn.Module):
+    """Output features of the model's last Linear layer, None without one."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return linears[-1].out_features if linears else None

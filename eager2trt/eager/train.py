@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..artifacts import save_torch
-from .data import Split, epoch_batches, iterate_batches, normalize
+from .data import Split, normalize
 from ..errors import PipelineError
 
 # Accuracy at or below chance (1/classes) plus this margin means the model learned nothing usable: an untrained
@@ -239,8 +239,8 @@ def train(model: torch.nn.Module, train_split: Split, test_split: Split, recipe:
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        for x, y in epoch_batches(train_split, recipe.batch_size, gen):
-            loss, batch_correct = step(x, y)
+        for x, y in train_split.epoch(recipe.batch_size, gen):  # a Split's (on the device) or a DataLoader's
+            loss, batch_correct = step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             # accumulate on the device: a .item() per step would synchronize and stall the GPU
             loss_sum += loss.detach() * len(y)
             correct += batch_correct

@@ -22,27 +22,26 @@ PLOT_LAYERS = 30  # the chart shows the most sensitive ones; the JSON and the ta
 
 def held_out(split, images: int, seed: int = 0):
     """The last `images` of a fixed random permutation of `split` (seed 0): disjoint from Split.subset(n) for
-    n <= len - images, and balanced over classes even when the split is stored class by class."""
+    n <= len - images, and balanced over classes even when the split is stored class by class. `split`: anything
+    with take(indices) and len() (a CIFAR-10 Split, an image folder's FolderSplit)."""
     import torch
-
-    from ..eager.data import Split
 
     n = min(images, len(split))
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[len(split) - n:]
-    return Split(split.images[idx], split.labels[idx])
+    return split.take(idx)
 
 
-def labelled_batches(data_dir: Path, split: str, images: int, batch_size: int) -> tuple[list, np.ndarray, str]:
-    """Normalized float32 batches and labels of a held-out CIFAR-10 slice, and what they are, in words."""
-    from ..eager.data import iterate_batches, load_cifar10
-
-    part = held_out(load_cifar10(data_dir)[split], images)
-    batches = [x.numpy() for x, _ in iterate_batches(part, batch_size)]
+def labelled_batches(data, split: str, images: int, batch_size: int,
+                     source: str = "") -> tuple[list, np.ndarray, str]:
+    """Normalized float32 batches and labels of a held-out slice of `data` (the `split` split, named so in the
+    description, of `source`), and what they are, in words."""
+    part = held_out(data, images)
+    batches = [x.numpy() for x, _ in part.batches(batch_size)]
     where = ("held out from calibration, which reads the first training batches; the model may have trained on them"
              if split == "train" else "a slice of the test set: a fallback chosen on it is unbiased only on the "
                                       "other test images")
-    return batches, part.labels.numpy(), (f"{len(part)} CIFAR-10 {split} images from {data_dir}: the last {len(part)} "
-                                          f"of a fixed random permutation (seed 0), {where}")
+    return batches, part.labels.numpy(), (f"{len(part)} {split} images of {source or 'the data'}: the last "
+                                          f"{len(part)} of a fixed random permutation (seed 0), {where}")
 
 
 # ---------------------------------------------------------------- files
@@ -124,24 +123,25 @@ class SensitivityRun:
 
 
 def sensitivity_report(model: onnx.ModelProto, output_dir: Path, fp32: Optional[onnx.ModelProto] = None,
-                       data_dir: Optional[Path] = None, split: str = "test", images: int = 1000,
+                       data=None, split: str = "test", images: int = 1000, data_source: str = "",
                        input_shape: Optional[tuple] = None, batch_size: int = 250, threads: int = 0,
                        budget: Optional[float] = None, fallback_path: Optional[Path] = None,
                        progress: bool = True) -> SensitivityRun:
-    """Rank `model`'s layers on `images` held-out CIFAR-10 images from `data_dir` (labels: accuracy) or random
-    inputs of CHW `input_shape` (agreement and logit error); write the report to `output_dir`; with
+    """Rank `model`'s layers on `images` held-out images of `data` (labelled: accuracy; the `split` split of
+    `data_source`, a CIFAR-10 Split or an image folder's FolderSplit) or random inputs of CHW `input_shape`
+    (agreement and logit error); write the report to `output_dir`; with
     `fallback_path`, search the fewest float layers within `budget` points and write that graph there."""
     t0 = time.perf_counter()
-    if data_dir is not None:
-        batches, labels, data = labelled_batches(data_dir, split, images, batch_size)
+    if data is not None:
+        batches, labels, described = labelled_batches(data, split, images, batch_size, data_source)
     else:
         if input_shape is None:
-            raise PipelineError("input_shape is needed for random inputs when no data_dir is given")
+            raise PipelineError("input_shape is needed for random inputs when no data is given")
         batches, labels = random_inputs(images, tuple(input_shape), batch_size), None
-        data = f"{images} random standard-normal inputs of shape {list(input_shape)} (seed 0), no labels"
+        described = f"{images} random standard-normal inputs of shape {list(input_shape)} (seed 0), no labels"
     # the fallback graph carries the FP32 biases (as TensorRT reads a float bias), so its ranking is measured so
     s = study(model, batches, labels, fp32, threads, float_from=fp32 if fallback_path is not None else None)
-    report = analyze(s, progress=progress, data=data)
+    report = analyze(s, progress=progress, data=described)
     fb = None
     if fallback_path is not None:
         fb = fallback(s, report, 1.0 if budget is None else budget, progress=progress)

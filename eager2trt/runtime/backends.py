@@ -15,7 +15,6 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from ..eager.data import Split, iterate_batches
 from ..eager.quiet import quantized_api
 from ..errors import PipelineError
 from .timing import measure, summarize
@@ -203,12 +202,24 @@ class Evaluation:
     samples: int
 
 
-def evaluate(runner, split: Split, batch_size: int = 0, progress: bool = True) -> Evaluation:
-    """Top-1 accuracy and logits of any runner on `split`, in order."""
+def evaluate(runner, data, batch_size: int = 0, progress: bool = True) -> Evaluation:
+    """Top-1 accuracy and logits of any runner on labelled `data`, in order: anything whose batches(batch_size)
+    yields (images, labels) (a CIFAR-10 Split, an image folder's FolderSplit), or an iterable of (images, labels)
+    pairs itself (e.g. a torch DataLoader)."""
     batch_size = batch_size or runner.default_batch()
-    batches = (x for x, _ in iterate_batches(split, batch_size))
-    out = logits(runner, batches, desc=runner.name if progress else False)
-    return Evaluation(accuracy_of(out, split.labels), out, len(split))
+    pairs = data.batches(batch_size) if hasattr(data, "batches") else data
+    labels = []
+
+    def images():
+        for x, y in pairs:
+            labels.append(torch.as_tensor(y).cpu())
+            yield x
+
+    out = logits(runner, images(), desc=runner.name if progress else False)
+    if not labels:
+        raise PipelineError("the data to evaluate on holds no images; check the data folder")
+    y = torch.cat(labels)
+    return Evaluation(accuracy_of(out, y), out, len(y))
 
 
 def accuracy_of(logits_: np.ndarray, labels) -> float:
