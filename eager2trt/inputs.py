@@ -68,12 +68,29 @@ def check_model(model, name: str = "fp32") -> torch.nn.Module:
         raise PipelineError(f"{name} ({type(model).__name__}) has no fuse_model() method; add one that fuses "
                             f"conv+bn(+relu) in place with torch.ao.quantization.fuse_modules, as torchvision's "
                             f"quantizable models do")
+    required = _required_inputs(model)
+    if len(required) > 1:
+        raise PipelineError(f"{name}.forward() takes {len(required)} inputs ({', '.join(required)}): models with "
+                            f"several inputs are not supported yet; wrap the model so that forward() takes one "
+                            f"tensor (e.g. the inputs concatenated along the channels, split inside forward)")
     meta = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if meta:
         raise PipelineError(f"{name} is on the meta device ({len(meta)} tensors without data, e.g. {meta[0]}); "
                             f"materialize it first, e.g. model.to_empty(device='cpu') then load_state_dict")
     refuse_non_finite(model, name)
     return model
+
+
+def _required_inputs(model: torch.nn.Module) -> list[str]:
+    """The names of forward()'s positional parameters without a default (the inputs every call must pass)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin or scripted forward: nothing to read, let the run tell
+        return []
+    return [p.name for p in params if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def check_int8_model(model, name: str = "int8") -> torch.nn.Module:

@@ -220,18 +220,19 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     (batches, labels) of training images not used for calibration: what calibration "auto" chooses on, and what
     the fallback chooses its layers on.
 
-    `fallback=True` (needs `images`, `labels` and `holdout`): when the accuracy guard fails, the run goes on. The
-    exact and fast graphs are made, checked and written as usual; if the exact graph is outside the budget, the
-    automatic mixed precision of eager2trt-sensitivity --fallback runs on the INT8 export: every layer ranked
-    (leave-one-out, alone in float) and the fewest kept in float that bring the graph within `accuracy_budget`
-    points of the FP32 ONNX, all measured on `holdout` (training images), never on `images`. That graph is made
-    TensorRT-ready, linted, evaluated on `images` and held to FP32 within the budget (check
-    fallback_graph_accuracy), then written to contract.INT8_ONNX_FALLBACK (graph "fallback" in the result).
-    References: PyTorch INT8 and the exact and fast graphs are held to FP32 within the budget as always, and
-    their failed guards stay in result.checks (failed, recorded, not raised); the fast graph is still held to
-    PyTorch INT8 as well; the fallback graph is held to FP32 only: PyTorch's eager INT8 model cannot mirror an
-    ONNX-level fallback. No set of layers reaching the budget on `holdout` raises CheckFailed naming the layers
-    tried.
+    `fallback=True` (needs `images`, `labels` and `holdout`): no accuracy guard stops the run before the fallback
+    has been tried (checks/policy.py). The exact and fast graphs are made, checked and written as usual; if none
+    is within the budget, the automatic mixed precision of eager2trt-sensitivity --fallback runs on the INT8
+    export with the unrounded float biases (the fast graph's): every layer ranked (leave-one-out, alone in float)
+    and the fewest kept in float that bring the graph within `accuracy_budget` points of the FP32 ONNX, all
+    measured on `holdout` (training images), never on `images`. That graph is made TensorRT-ready, linted,
+    evaluated on `images` and held to FP32 within the budget (check fallback_graph_accuracy), then written to
+    the fallback artifact (graph "fallback" in the result). The failed guards of PyTorch INT8 and the other graphs
+    stay in result.checks (failed, recorded). No set of layers reaching the budget raises CheckFailed naming the
+    layers tried.
+
+    A run that fails (CheckFailed) still writes the graphs that passed their checks; the sentence names them and
+    the exception's `result` holds every check.
 
     `int8`: an already converted INT8 eager model of `fp32` (e.g. eager2trt.eager.qat.quantize_qat's), used
     instead of calibrating. It must have been converted for the current quantized engine
@@ -348,7 +349,8 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                                            if g.refused])
     result.failure = _decide(result, fallback)
     if result.failure is not None and result.failure.name == "int8_accuracy":
-        result.failure = _name_worst_layers(result.failure, export, fp32_onnx, images, labels, given_int8=given_int8)
+        result.failure = _name_worst_layers(result.failure, export, fp32_onnx, images, labels, given_int8=given_int8,
+                                            int8_onnx=paths.int8_onnx.name)
     result.notes += _recorded(result)
     return result
 
@@ -497,7 +499,7 @@ GUARD_IMAGES = 500  # labelled images the failing accuracy guard's layer ranking
 
 
 def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelProto, images: list, labels,
-                       given_int8: bool = False) -> Check:
+                       given_int8: bool = False, int8_onnx: str = contract.INT8_ONNX) -> Check:
     """The failed accuracy guard, its fix naming the layers that recover most when left alone in float
     (graph/sensitivity.py, leave-one-out on up to GUARD_IMAGES of the held-out images); for a given INT8 model
     (`given_int8`: QAT's, say) the fix is the fallback, since calibration is not this run's."""
@@ -513,7 +515,7 @@ def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelPr
                f"(PyTorch INT8 rounds them to int32) and keeps the fewest layers in float")
     else:
         fix = (f"{lost}: try calibration='auto' (or percentile, entropy), fallback=True (resnet_torch.py --fallback) "
-               f"or eager2trt-sensitivity --fallback on {contract.INT8_ONNX} to keep the fewest layers in float, or QAT "
+               f"or eager2trt-sensitivity --fallback on {int8_onnx} to keep the fewest layers in float, or QAT "
                f"(int8=eager2trt.eager.qat.quantize_qat(...); resnet_torch.py --qat-epochs N)")
     return replace(check, fix=fix, figures={**check.figures, "worst_layers": names})
 

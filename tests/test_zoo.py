@@ -181,3 +181,16 @@ def test_bench_zoo_writes_one_row_per_model(tmp_path):
     args = bench_zoo.get_args_parser().parse_args(["--models", "gelu", "--output-dir", str(tmp_path), "--name", "t"])
     assert bench_zoo.main(args) == 0
     assert "| gelu | 3x16x16 | ok | ok | b1.2, b2.2 | 0/0 |" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.parametrize("name, words", [
+    ("detector_two_outputs", "returns a tuple, not one tensor: models with several outputs are not supported yet"),
+    ("two_inputs", "takes 2 inputs (rgb, depth): models with several inputs are not supported yet")])
+def test_several_inputs_or_outputs_are_refused_in_one_sentence_before_anything_is_written(name, words, tmp_path):
+    """Several inputs/outputs are open work (issue 23): until then one sentence that never advises dropping a head,
+    and nothing on disk."""
+    model_class, shapes = zoo.MULTI_IO[name]
+    with pytest.raises(PipelineError) as info:
+        quantize_to_tensorrt(model_class().eval(), [torch.randn(4, *shapes[0])], tmp_path)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert not list(tmp_path.glob("*.onnx"))

@@ -170,7 +170,9 @@ def report(out: dict) -> None:
     """Checks, graphs, accuracies in the reference's format, latencies."""
     result = out["result"]
     print("checks:")
-    print_checks([c for c in result.checks if c.name in ("fusion", "requantization", "agreement", "int8_accuracy")])
+    # the model's own checks (every graph's are printed with its graph); scale provenance can stop a run too
+    model_checks = [c for g in result.graphs.values() for c in g.checks]
+    print_checks([c for c in result.checks if all(c is not g for g in model_checks)])
     for graph in result.graphs.values():
         print_graph(graph)
     for note in result.notes:

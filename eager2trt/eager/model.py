@@ -149,8 +149,11 @@ def fuse(model: torch.nn.Module, input_shape: tuple, num_checks: int = 4,
                                 f"({str(exc).splitlines()[0][:120]}); pass inputs of the size the model "
                                 f"was built for") from None
         if not isinstance(ref, torch.Tensor):
-            raise PipelineError(f"the model returns a {type(ref).__name__}, not one logits tensor; wrap it so that "
-                                f"forward() returns the classifier's logits only")
+            # several outputs (a detector's class logits and boxes) are open work (issue 23): say so, and never
+            # advise dropping a head
+            raise PipelineError(f"the model returns a {type(ref).__name__}, not one tensor: models with several "
+                                f"outputs are not supported yet; wrap it so that forward() returns one output and "
+                                f"convert each head that way")
         if not torch.isfinite(ref).all():
             raise PipelineError("the model computes values that are not finite (NaN or inf) on random inputs, "
                                 "before fusion; check its weights (eager2trt.inputs.check_model names the tensors)")
