@@ -153,3 +153,75 @@ def test_evaluation_counts_are_exact(ranks, one_process):
 def test_a_failing_rank_stops_every_rank_with_its_sentence(ranks):
     for rank in ranks:
         assert rank["failure"].startswith("rank 1 of 2 failed: an activation holds inf or NaN during calibration")
+
+
+# --- QAT under DistributedDataParallel -------------------------------------------------------------------------
+
+class TinyQAT(torch.nn.Module):
+    """test_calibration's Tiny with fuse_model(is_qat), as torchvision's quantizable models have it."""
+
+    def __init__(self):
+        super().__init__()
+        from test_calibration import Tiny
+
+        self.net = Tiny()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def fuse_model(self, is_qat: bool = False):
+        fuse = torch.ao.quantization.fuse_modules_qat if is_qat else torch.ao.quantization.fuse_modules
+        fuse(self.net, [["conv1", "bn1", "relu1"], ["conv2", "bn2"]], inplace=True)
+
+
+def noise(n: int, seed: int):
+    from eager2trt.eager.data import Split
+
+    gen = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=gen),
+                 torch.randint(0, 10, (n,), generator=gen))
+
+
+def qat_run(batch_size: int):
+    """QAT of TinyQAT, 1 epoch on 64 noise images; under DDP `batch_size` is per rank."""
+    from eager2trt.eager import qat
+
+    torch.manual_seed(0)
+    torch.backends.quantized.engine = ENGINE
+    recipe = qat.qat_recipe(2, lr=0.05, batch_size=batch_size)
+    run = qat.quantize_qat(TinyQAT().eval(), batches(), noise(64, 2), noise(16, 3), epochs=2, recipe=recipe,
+                           calibration="percentile", engine=ENGINE, device=torch.device("cpu"))
+    return {"int8": qparams(run.int8), "twin": run.float_model.state_dict(), "history": run.history.epochs}
+
+
+def qat_worker(rank: int, port: int, out_dir: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.init_from_env()
+    torch.save(qat_run(batch_size=8), f"{out_dir}/qat{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_qat_takes_the_one_process_steps_of_the_combined_batch(tmp_path):
+    """Two ranks of 8 images per step take the step one process takes on those 16 images (BatchNorm is frozen in
+    QAT, so the loss is per image; DDP averages the two halves' gradients), up to float summation order; both
+    ranks end with the same INT8 model."""
+    mp.spawn(qat_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"qat{r}.pt", weights_only=False) for r in range(2))
+    one = qat_run(batch_size=16)
+    assert all(torch.equal(a["int8"][k], b["int8"][k]) for k in a["int8"])  # every rank the same model
+    learned = [k for k in one["twin"] if k.endswith(("weight", "bias")) and "post_process" not in k]
+    assert len(learned) == 6  # conv1, conv2, fc: BatchNorm folded in the twin
+    for k in learned:
+        assert torch.allclose(a["twin"][k], one["twin"][k], rtol=1e-4, atol=1e-6), k
+    scales = [k for k in one["int8"] if k.endswith(("scale", "scales"))]
+    assert all(torch.allclose(a["int8"][k], one["int8"][k], rtol=1e-5) for k in scales)
+    weights = [k for k in one["int8"] if k.endswith(".int")]
+    flipped = sum(int((a["int8"][k].int() - one["int8"][k].int()).abs().gt(0).sum()) for k in weights)
+    assert flipped <= 2 and all((a["int8"][k].int() - one["int8"][k].int()).abs().max() <= 1 for k in weights)
+    for ours, theirs in zip(a["history"], one["history"]):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert ours["train_acc"] == theirs["train_acc"]

@@ -343,11 +343,15 @@ def calibrate(prepared: torch.nn.Module, batches: Sequence[torch.Tensor], desc: 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
 
-def sum_counts(*counts: int) -> tuple[int, ...]:
-    """Each count summed over ranks (exact integers); one process: the counts as they are."""
+def all_sum(*values):
+    """Each value (a number or a one-element tensor) summed over ranks, the same type back; one process: `values`
+    unchanged. Goes through `exchange`, so it is also where a rank's failure would be heard."""
     if world()[1] == 1:
-        return tuple(int(c) for c in counts)
-    return tuple(int(sum(c)) for c in zip(*exchange([int(c) for c in counts])))
+        return values
+    numbers = [v.item() if isinstance(v, torch.Tensor) else v for v in values]
+    totals = [sum(column) for column in zip(*exchange(numbers))]
+    return tuple(torch.tensor(t, dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else type(v)(t)
+                 for v, t in zip(values, totals))
 
 
 def correct_and_total(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[int, int]:
