@@ -15,6 +15,7 @@ import torch
 from . import contract
 from .artifacts import refuse_overwrite, save_torch, write_json
 from .contract import ArtifactPaths
+from .eager import distributed
 from .eager.calibration import split_training
 from .eager.data import calibration_batches, iterate_batches, load_cifar10
 from .eager.model import build_model, load_state_dict
@@ -67,6 +68,13 @@ def fp32_model(opts: JobOptions, data: dict) -> tuple[torch.nn.Module, dict]:
                     save_every=opts.save_every, restart=opts.restart)
     model.cpu()
     check_trained(model, history, data["test"])
+    if distributed.is_main():  # under torchrun every rank trained the same model (DDP); rank 0 writes it
+        _write_fp32(model, history, paths, opts)
+    return model, {"epochs": history.epochs, "train_seconds": history.train_seconds, "recipe": asdict(opts.recipe)}
+
+
+def _write_fp32(model: torch.nn.Module, history, paths: ArtifactPaths, opts: JobOptions) -> None:
+    """The trained FP32 state_dict, its history and curve; the resumable state removed (training finished)."""
     if paths.fp32_state.exists():
         print(f"replacing {paths.fp32_state} with the newly trained weights (overwrite)")
     save_torch(model.state_dict(), paths.fp32_state)
@@ -74,7 +82,6 @@ def fp32_model(opts: JobOptions, data: dict) -> tuple[torch.nn.Module, dict]:
     if history.epochs:
         write_json(paths.training_history, {"epochs": history.epochs})
         plot_training(history.epochs, paths.training_curve, title=f"{opts.arch} on CIFAR-10")
-    return model, {"epochs": history.epochs, "train_seconds": history.train_seconds, "recipe": asdict(opts.recipe)}
 
 
 def calibration_data(train, opts: JobOptions) -> tuple:

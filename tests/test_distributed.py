@@ -225,3 +225,40 @@ def test_ddp_qat_takes_the_one_process_steps_of_the_combined_batch(tmp_path):
     for ours, theirs in zip(a["history"], one["history"]):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
         assert ours["train_acc"] == theirs["train_acc"]
+
+
+# --- the command line under torchrun, and the benchmark ------------------------------------------------------------
+
+def test_torchrun_failure_prints_one_sentence(tmp_path):
+    """Every rank raises the same sentence; only rank 0 prints it (errors.run_cli), torchrun then adds its own
+    summary of the exit codes (not ours to silence)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), str(ROOT / "resnet_torch.py"), "--calibration", "kl", "--output-dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: unknown --calibration 'kl'; choose one of minmax, histogram, percentile, entropy, mse, "
+                      "auto"], proc.stderr[-2000:]
+    # torchrun's summary: the first rank to exit with our code 2; it may stop the other with SIGTERM before it exits
+    assert proc.returncode != 0 and "exitcode  : 2" in proc.stderr
+
+
+def test_benchmark_runs_at_one_and_two_processes(tmp_path):
+    import json
+
+    from conftest import ROOT, run_script
+
+    proc = run_script(ROOT / "bench" / "distributed.py", "--arch", "resnet18", "--size", "32", "--procs", "1", "2",
+                      "--batch-size", "4", "--steps", "2", "--warmup", "1", "--device", "cpu", "--output-dir",
+                      tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "distributed.json").read_text())["rows"]
+    assert [r["procs"] for r in rows] == [1, 2]
+    assert all(r["qat_images_per_s"] > 0 and r["eval_images_per_s"] > 0 for r in rows)
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("| 2 | ")  # the table is printed last

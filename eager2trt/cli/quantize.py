@@ -7,12 +7,13 @@ With --fp16-onnx it is the whole main job before the engines: the FP16 ONNX is w
 import argparse
 from pathlib import Path
 
-from .. import contract, jobs
-from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, refuse_same_file
+from .. import contract, jobs, parallel_job
+from ..artifacts import ensure_writable_dir, refuse_overwrite, refuse_same_file
 from ..contract import ArtifactPaths
 from ..eager.engines import AUTO, candidate_engines, supported_engines
 from ..eager.model import ARCHS
 from ..eager.calibration import DEFAULT_PERCENTILE, check_percentile
+from ..eager.distributed import init_from_env
 from ..eager.quantize import ACTIVATION_DTYPES, CALIBRATIONS
 from ..eager.train import Recipe
 from ..errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
@@ -160,9 +161,11 @@ def report(out: dict) -> None:
 
 
 def main(args) -> dict:
+    init_from_env()  # under torchrun (WORLD_SIZE > 1): the process group, gloo on CPU, nccl on CUDA
     validate(args)
-    with output_lock(args.output_dir):
-        out = jobs.main_job(options(args))
+    out = parallel_job.main_job(options(args))  # one process: jobs.main_job under the output lock
+    if out is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return {}
     report(out)
     return out["record"]
 

@@ -230,7 +230,8 @@ def _merge_range(obs: RangeObserver, states: list[dict]) -> str:
     for s in ranged:
         widened = _widen_exactly(obs, s["histogram"], s["limit"], target)
         if widened is None:
-            widened, kind = _rebin_by_centres(s["histogram"], obs.bins, s["limit"].item(), target.item()), "range_rebinned"
+            widened = _rebin_by_centres(s["histogram"], obs.bins, s["limit"].item(), target.item())
+            kind = "range_rebinned"
         merged += widened
     # a rank whose tensor was all zeros so far has no range: its zeros go to the first positive bin, as
     # RangeObserver._add puts zeros seen before the range was set

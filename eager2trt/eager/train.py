@@ -264,10 +264,11 @@ def train(model: torch.nn.Module, train_split: Split, test_split: Split, recipe:
                                "lr": lr, "seconds": round(seconds, 3), "steps": steps})
         e = history.epochs[-1]
         bar.set_postfix(loss=f"{e['loss']:.3f}", test_acc=f"{test_acc:.4f}")
-        if distributed.is_main():
-            tqdm.write(f"epoch {e['epoch']}/{recipe.epochs}: loss {e['loss']:.6f}, train accuracy {e['train_acc']:.4f}, "
-                       f"test accuracy {test_acc:.4f}, lr {lr:g}")
-        if state_path is not None and distributed.is_main() and ((epoch + 1) % save_every == 0 or epoch + 1 == recipe.epochs):
+        if not distributed.is_main():  # under torchrun every rank holds the same figures; rank 0 logs and saves
+            continue
+        tqdm.write(f"epoch {e['epoch']}/{recipe.epochs}: loss {e['loss']:.6f}, train accuracy {e['train_acc']:.4f}, "
+                   f"test accuracy {test_acc:.4f}, lr {lr:g}")
+        if state_path is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == recipe.epochs):
             _save_state(state_path, model, opt, sched, gen, epoch + 1, history, recipe, data)
     model.to(memory_format=torch.contiguous_format)
     return history
