@@ -2,6 +2,7 @@
 every command runs on its options before any long work starts."""
 
 import math
+import os
 import sys
 from typing import Callable, Iterable, Optional
 
@@ -52,7 +53,8 @@ def run_cli(main: Callable[[], object]) -> None:
     try:
         main()
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank raises the same sentence: print it once
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted; artifacts already written are complete, nothing half-written is left.",

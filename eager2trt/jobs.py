@@ -18,6 +18,7 @@ from . import contract
 from .artifacts import refuse_overwrite, save_torch, write_json
 from .calib_files import FileData, array_batches, load_array_file, load_script_data
 from .contract import ArtifactPaths
+from .eager import distributed
 from .eager.calibration import split_training
 from .eager.data import CIFAR10_CLASSES, calibration_batches, check_label_set, class_folder_names, load_cifar10
 from .eager.folders import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Presets, eval_split_name, load_image_folder
@@ -169,14 +170,20 @@ def fp32_model(opts: JobOptions, data: dict) -> tuple[torch.nn.Module, dict]:
                     save_every=opts.save_every, restart=opts.restart)
     model.cpu()
     check_trained(model, history, data["test"])
+    if distributed.is_main():  # under torchrun every rank trained the same model (DDP); rank 0 writes it
+        _write_fp32(model, history, paths, f"{opts.model or opts.arch} on {data['kind']}")
+    return model, {"epochs": history.epochs, "train_seconds": history.train_seconds, "recipe": asdict(opts.recipe)}
+
+
+def _write_fp32(model: torch.nn.Module, history, paths: ArtifactPaths, title: str) -> None:
+    """The trained FP32 state_dict, its history and curve; the resumable state removed (training finished)."""
     if paths.fp32_state.exists():
         print(f"replacing {paths.fp32_state} with the newly trained weights (overwrite)")
     save_torch(model.state_dict(), paths.fp32_state)
     paths.train_state.unlink(missing_ok=True)  # training finished: the resumable state is no longer needed
     if history.epochs:
         write_json(paths.training_history, {"epochs": history.epochs})
-        plot_training(history.epochs, paths.training_curve, title=f"{opts.model or opts.arch} on {data['kind']}")
-    return model, {"epochs": history.epochs, "train_seconds": history.train_seconds, "recipe": asdict(opts.recipe)}
+        plot_training(history.epochs, paths.training_curve, title=title)
 
 
 def calibration_file(opts: JobOptions, chw: tuple) -> Optional[FileData]:

@@ -21,6 +21,7 @@ from torch.ao.nn import qat as nnqat
 from torch.ao.nn.intrinsic import qat as nniqat
 
 from ..errors import PipelineError, require_int
+from . import distributed
 from .data import Split
 from .engines import DEFAULT_ENGINE, candidate_engines, computes_conv_transpose
 from .layers import CONV_TRANSPOSE, find_islands, has_conv_transpose, wrap_islands
@@ -85,14 +86,11 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> torch.
     model.eval()  # BatchNorm uses its running statistics, as in inference
     model.apply(tq.disable_fake_quant)
     model.apply(tq.enable_observer)
-    count, example = 0, None
-    with torch.no_grad():
-        for x in batches:
-            model(x.cpu())
-            example = x[:1].cpu() if example is None else example
-            count += 1
-    if not count:
-        raise PipelineError("no calibration batches were given; pass at least one batch of real inputs")
+    batches = [x.cpu() for x in batches]
+    # one process: every batch, as calibration.calibrate runs them; under torchrun each rank's share, the observers
+    # then merged across ranks (and FakeQuantize's cached scales with them), so every rank trains with the same ranges
+    distributed.calibrate(model, batches, desc="calibrating (QAT)")
+    example = batches[0][:1]
     model.apply(tq.enable_fake_quant)
     for fq in _activation_fake_quants(model):
         fq.disable_observer()

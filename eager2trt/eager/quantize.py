@@ -7,8 +7,9 @@ import torch
 from torch.ao import quantization as tq
 
 from ..errors import PipelineError, require_choice
-from .calibration import (AUTO_METHODS, DEFAULT_PERCENTILE, RangeObserver, calibrate, check_percentile,
+from .calibration import (AUTO_METHODS, DEFAULT_PERCENTILE, RangeObserver, check_percentile,
                           choose_calibration, convert_copy)
+from . import distributed
 from .engines import DEFAULT_ENGINE, candidate_engines, computes_conv_transpose, notice
 from .layers import CONV_TRANSPOSE, find_islands, has_conv_transpose, wrap_islands
 from .quiet import quantized_api
@@ -124,7 +125,8 @@ def quantize(fused: torch.nn.Module, calib_batches: Iterable[torch.Tensor], acti
     with quantized_api():
         prepared = prepare_for(fused, activation_dtype, calibration, percentile, auto_methods, islands)
         example, calib_batches = peek(calib_batches, "calib_batches")
-        calibrate(prepared, calib_batches, desc=f"calibrating ({calibration})")
+        # one process: calibration.calibrate; under torchrun each rank's share, observers merged across ranks
+        distributed.calibrate(prepared, calib_batches, desc=f"calibrating ({calibration})")
         int8 = _convert_on_a_faithful_engine(prepared, example[:1], candidates, activation_dtype, calibration,
                                              percentile, holdout, auto_methods)
     int8.float_islands = islands  # module paths in the float model, reported by the pipeline

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..artifacts import save_torch
+from . import distributed
 from .data import Split, normalize
 from ..errors import PipelineError
 
@@ -221,7 +222,7 @@ def train(model: torch.nn.Module, train_split: Split, test_split: Split, recipe:
 
     Raises as soon as an epoch's loss is not finite, before that epoch's state is saved.
     """
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or distributed.device()  # one process: CUDA when available, else CPU
     fast = recipe.fast and device.type == "cuda"
     torch.manual_seed(recipe.seed)
     opt, sched = prepare(model, recipe, device)
@@ -231,21 +232,26 @@ def train(model: torch.nn.Module, train_split: Split, test_split: Split, recipe:
     gen = torch.Generator(device=device).manual_seed(recipe.seed)
     history = History()
     start = _try_resume(state_path, model, opt, sched, gen, recipe, history, data, restart)
-    step = make_step(model, opt, recipe, device)
+    step = make_step(distributed.wrap(model), opt, recipe, device)  # DDP under torchrun, else the model
     steps = -(-len(train_split) // recipe.batch_size)
-    bar = tqdm(range(start, recipe.epochs), desc="training", unit="epoch", initial=start, total=recipe.epochs)
+    bar = tqdm(range(start, recipe.epochs), desc="training", unit="epoch", initial=start, total=recipe.epochs,
+               disable=not distributed.is_main())
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        for x, y in train_split.epoch(recipe.batch_size, gen):  # a Split's (on the device) or a DataLoader's
+        seen = 0
+        # every rank draws the same permutation (same seed) and takes every N-th batch: DistributedSampler's split
+        for x, y in distributed.shard(train_split.epoch(recipe.batch_size, gen), equal=True):
             loss, batch_correct = step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             # accumulate on the device: a .item() per step would synchronize and stall the GPU
             loss_sum += loss.detach() * len(y)
             correct += batch_correct
+            seen += len(y)
+        loss_sum, correct, seen = distributed.all_sum(loss_sum, correct, seen)  # one process: unchanged
         lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with, before the schedule steps
-        loss = loss_sum.item() / len(train_split)
+        loss = loss_sum.item() / seen
         if not math.isfinite(loss):  # checked before the test pass and before this epoch's state is saved
             raise PipelineError(f"training diverged in epoch {epoch + 1} (loss {loss}); nothing was saved; lower "
                                 f"--lr (now {recipe.lr:g}) and rerun with --restart")
@@ -254,10 +260,12 @@ def train(model: torch.nn.Module, train_split: Split, test_split: Split, recipe:
         seconds = time.perf_counter() - t0
         history.train_seconds += seconds
         history.epochs.append({"epoch": epoch + 1, "loss": loss,
-                               "train_acc": correct.item() / len(train_split), "test_acc": test_acc,
+                               "train_acc": correct.item() / seen, "test_acc": test_acc,
                                "lr": lr, "seconds": round(seconds, 3), "steps": steps})
         e = history.epochs[-1]
         bar.set_postfix(loss=f"{e['loss']:.3f}", test_acc=f"{test_acc:.4f}")
+        if not distributed.is_main():  # under torchrun every rank holds the same figures; rank 0 logs and saves
+            continue
         tqdm.write(f"epoch {e['epoch']}/{recipe.epochs}: loss {e['loss']:.6f}, train accuracy {e['train_acc']:.4f}, "
                    f"test accuracy {test_acc:.4f}, lr {lr:g}")
         if state_path is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == recipe.epochs):
