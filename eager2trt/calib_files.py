@@ -20,7 +20,7 @@ import torch
 
 from .contract import INPUT_NAME
 from .errors import PipelineError
-from .inputs import NORMALIZED_MAX_ABS
+from .inputs import check_finite_normalized
 
 DEFAULT_LOADER = "load_data"  # Polygraphy's default function name
 
@@ -66,13 +66,8 @@ def check_samples(x, source: str, chw: Optional[tuple] = None) -> np.ndarray:
                             f"{tuple(chw)}; save images with {chw[0]} channels at {chw[1]}x{chw[2]} (NCHW, not NHWC)")
     if x.shape[0] == 0:
         raise PipelineError(f"{source} holds no samples (shape {x.shape}); save at least one image")
-    bad = int(x.size - np.isfinite(x).sum())
-    if bad:
-        raise PipelineError(f"{source} holds {bad} NaN or inf values; save finite images")
-    peak = float(np.abs(x).max())
-    if peak > NORMALIZED_MAX_ABS:
-        raise PipelineError(f"{source} reaches {peak:.4g}, so it is not normalized (0..255 pixels?); save images "
-                            f"normalized with the model's mean and std ((x / 255 - mean) / std)")
+    check_finite_normalized(x, source, "save finite images", "so it is not normalized (0..255 pixels?); save "
+                            "images normalized with the model's mean and std ((x / 255 - mean) / std)")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

@@ -152,13 +152,18 @@ def _check_values(x: np.ndarray, name: str, channels: int, chw: Optional[tuple],
     if chw is not None and tuple(x.shape[1:]) != tuple(chw):
         raise PipelineError(f"{name} has images of shape {tuple(x.shape[1:])}, the model was given "
                             f"{tuple(chw)}; pass images of one size throughout")
+    check_finite_normalized(x, name, "pass finite images", "which looks like 0..255 pixels; normalize first "
+                            "(eager2trt.eager.data.normalize: /255, then the mean and std)")
+
+
+def check_finite_normalized(x: np.ndarray, name: str, finite_fix: str, normalize_fix: str) -> None:
+    """Raise unless every value of `x` is finite and within NORMALIZED_MAX_ABS (normalized, not raw pixels)."""
     bad = int(x.size - np.isfinite(x).sum())
     if bad:
-        raise PipelineError(f"{name} holds {bad} NaN or inf values; pass finite images")
+        raise PipelineError(f"{name} holds {bad} NaN or inf values; {finite_fix}")
     peak = float(np.abs(x).max())
     if peak > NORMALIZED_MAX_ABS:
-        raise PipelineError(f"{name} reaches {peak:.4g}, which looks like 0..255 pixels; normalize first "
-                            f"(eager2trt.eager.data.normalize: /255, then the mean and std)")
+        raise PipelineError(f"{name} reaches {peak:.4g}, {normalize_fix}")
 
 
 def _iterator(batches, name: str) -> Iterator:

@@ -34,27 +34,33 @@ def probe_error(engine: str) -> float:
     products is 64,770, past int16. int32 accumulation is exact (error ~0); a 16-bit pairwise kernel is off by tens
     of steps.
     """
-    with quantized_api():
-        return _probe(engine)
+    return _measured_on(engine, _conv_probe)
 
 
-def _probe(engine: str) -> float:
+def _measured_on(engine: str, probe) -> float:
+    """`probe()` run with `engine` as the quantized engine (the previous one restored); inf where the engine
+    cannot run it at all."""
     previous = torch.backends.quantized.engine
     try:
         torch.backends.quantized.engine = engine
-        c = PROBE_CHANNELS
-        x = torch.quantize_per_tensor(torch.full((1, c, 2, 2), 127.0), 1.0, 128, torch.quint8)
-        w = torch.quantize_per_channel(torch.full((1, c, 1, 1), 127.0), torch.ones(1, dtype=torch.double),
-                                       torch.zeros(1, dtype=torch.long), 0, torch.qint8)
-        conv = torch.ao.nn.quantized.Conv2d(c, 1, 1)
-        conv.set_weight_bias(w, None)
-        exact = c * 127.0 * 127.0
-        conv.scale, conv.zero_point = exact / 100.0, 128
-        return float((conv(x).dequantize() - exact).abs().max() / conv.scale)
+        with quantized_api():
+            return probe()
     except (RuntimeError, NotImplementedError):
-        return float("inf")  # the engine cannot run the probe at all
+        return float("inf")
     finally:
         torch.backends.quantized.engine = previous
+
+
+def _conv_probe() -> float:
+    c = PROBE_CHANNELS
+    x = torch.quantize_per_tensor(torch.full((1, c, 2, 2), 127.0), 1.0, 128, torch.quint8)
+    w = torch.quantize_per_channel(torch.full((1, c, 1, 1), 127.0), torch.ones(1, dtype=torch.double),
+                                   torch.zeros(1, dtype=torch.long), 0, torch.qint8)
+    conv = torch.ao.nn.quantized.Conv2d(c, 1, 1)
+    conv.set_weight_bias(w, None)
+    exact = c * 127.0 * 127.0
+    conv.scale, conv.zero_point = exact / 100.0, 128
+    return float((conv(x).dequantize() - exact).abs().max() / conv.scale)
 
 
 def is_faithful(engine: str) -> bool:
@@ -111,28 +117,20 @@ def conv_transpose_error(engine: str) -> float:
     of the Q/DQ graph (dequantized input and weight, float64, then quantized): the transposed convolution has
     kernels of its own, which the 1x1-convolution probe does not cover (measured here: onednn off by about 100
     steps with per-tensor weights, qnnpack within one)."""
-    with quantized_api():
-        return _probe_conv_transpose(engine)
+    return _measured_on(engine, _conv_transpose_probe)
 
 
-def _probe_conv_transpose(engine: str) -> float:
-    previous = torch.backends.quantized.engine
-    try:
-        torch.backends.quantized.engine = engine
-        g = torch.Generator().manual_seed(0)
-        x = torch.quantize_per_tensor(torch.randn(1, 8, 4, 4, generator=g), 0.02, 128, torch.quint8)
-        w = torch.quantize_per_tensor(torch.randn(8, 4, 3, 3, generator=g) * 0.2, 0.005, 0, torch.qint8)
-        bias = torch.randn(4, generator=g) * 0.1
-        layer = torch.ao.nn.quantized.ConvTranspose2d(8, 4, 3, stride=2, padding=1)
-        layer.set_weight_bias(w, bias)
-        expected = torch.nn.functional.conv_transpose2d(x.dequantize().double(), w.dequantize().double(),
-                                                        bias.double(), stride=2, padding=1)
-        layer.scale, layer.zero_point = float(expected.abs().max()) / 127, 128
-        return float((layer(x).dequantize().double() - expected).abs().max() / layer.scale)
-    except (RuntimeError, NotImplementedError):
-        return float("inf")
-    finally:
-        torch.backends.quantized.engine = previous
+def _conv_transpose_probe() -> float:
+    g = torch.Generator().manual_seed(0)
+    x = torch.quantize_per_tensor(torch.randn(1, 8, 4, 4, generator=g), 0.02, 128, torch.quint8)
+    w = torch.quantize_per_tensor(torch.randn(8, 4, 3, 3, generator=g) * 0.2, 0.005, 0, torch.qint8)
+    bias = torch.randn(4, generator=g) * 0.1
+    layer = torch.ao.nn.quantized.ConvTranspose2d(8, 4, 3, stride=2, padding=1)
+    layer.set_weight_bias(w, bias)
+    expected = torch.nn.functional.conv_transpose2d(x.dequantize().double(), w.dequantize().double(),
+                                                    bias.double(), stride=2, padding=1)
+    layer.scale, layer.zero_point = float(expected.abs().max()) / 127, 128
+    return float((layer(x).dequantize().double() - expected).abs().max() / layer.scale)
 
 
 def computes_conv_transpose(engine: str) -> bool:
