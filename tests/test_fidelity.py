@@ -42,11 +42,15 @@ def quantized(request, tmp_path_factory):
 
 
 def test_probe_tells_exact_from_saturating_engines():
-    # qnnpack accumulates in int32 on every CPU; fbgemm multiplies u8*s8 pairwise into int16 on every x86 CPU
+    # qnnpack accumulates in int32 on every CPU; fbgemm multiplies u8*s8 pairwise into int16 on x86 CPUs without
+    # AVX-512 VNNI (AMD EPYC, AVX2: tens of steps off) and exactly with it (Intel Xeon with VNNI: 6e-6 steps, seen on
+    # the 2-core machine): the probe must split the two cleanly, never land in between
     if "qnnpack" in engines.supported_engines():
         assert engines.probe_error("qnnpack") < 0.5 and engines.is_faithful("qnnpack")
-    if "fbgemm" in engines.supported_engines():
-        assert engines.probe_error("fbgemm") > 10 and not engines.is_faithful("fbgemm")
+    for name in set(engines.supported_engines()) & {"fbgemm", "x86", "onednn"}:
+        error = engines.probe_error(name)
+        assert error < 0.5 or error > 10, (name, error)
+        assert engines.is_faithful(name) == (error < 0.5)
 
 
 def test_chosen_engine_int8_is_closer_to_its_graph_than_either_is_to_fp32(quantized):
@@ -76,6 +80,8 @@ def test_saturating_engine_drift_is_caught_and_names_the_engine_to_use(quantized
     arch, fused, _, path = quantized
     if arch != "mobilenet_v2":
         pytest.skip("the drift is largest on depthwise convolutions")
+    if engines.is_faithful("fbgemm"):
+        pytest.skip("fbgemm accumulates exactly on this CPU (AVX-512 VNNI): no saturating engine to drift")
     engines.notice.cache_clear()
     drifting = quantize(fused, batches(3, seed=1), engine="fbgemm")
     assert "fbgemm engine saturates" in capsys.readouterr().err
