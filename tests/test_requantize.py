@@ -221,7 +221,8 @@ def test_main_job_takes_a_saved_x86_int8_model(tmp_path, monkeypatch):
     torch.save(fp32.state_dict(), tmp_path / "fp32.pt")
     calib = [x for x, _ in iterate_batches(small_folder(tmp_path / "data")["train"], 16)]
     torch.save(user_convert(fp32, tq.get_default_qconfig("x86"), calib, "x86"), tmp_path / "int8.pt")
-    opts = jobs.JobOptions(data_dir=tmp_path / "data", output_dir=tmp_path / "out", checkpoint=tmp_path / "fp32.pt",
+    opts = jobs.JobOptions(data=jobs.DataOptions(tmp_path / "data"), output_dir=tmp_path / "out",
+                           checkpoint=tmp_path / "fp32.pt",
                            int8_model=tmp_path / "int8.pt", quantization=QuantizeConfig(calibration="percentile"),
                            recipe=Recipe(batch_size=16), calib_batches=None, accuracy_budget=100.0, fast=None,
                            latency_runs=1)
