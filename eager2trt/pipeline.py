@@ -49,6 +49,7 @@ from .runtime.backends import OnnxRunner, PyTorchRunner, accuracy_of, logits
 from .runtime.inputs import onnx_input_shape, peek, random_batches
 
 MODES = ("exact", "fast")
+USE_EXACT = "use the exact graph for this model"  # the fast graph's defect fix, kept where the exact graph passes
 
 
 @dataclass
@@ -174,7 +175,7 @@ def check_fast(graph: Graph, fp32_logits: dict, export_logits: dict, inputs: Inp
     labelled images and the PyTorch INT8 `reference` (accuracy, name), top-1 against it is recorded
     (fast_accuracy, policy RECORD): the fast graph carries the unrounded FP32 biases PyTorch INT8 rounds, so it
     is another function and a difference proves no defect; it is held to FP32 by its accuracy guard instead."""
-    graph.checks = lint_checks(lint(graph.model, performance="error"), fix="use the exact graph for this model")
+    graph.checks = lint_checks(lint(graph.model, performance="error"), fix=USE_EXACT)
     on = "real" if "real" in graph.logits else "random"
     if on in fp32_logits:
         graph.checks.append(compare.error_ratio(fp32_logits[on], export_logits[on], graph.logits[on]))
@@ -347,7 +348,7 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                             accuracy=accuracy, logits={**out, **{g.mode: g.logits for g in graphs.values()}},
                             notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values()
                                            if g.refused])
-    result.failure = _decide(result, fallback)
+    result.failure = _advised(_decide(result, fallback), result)
     if result.failure is not None and result.failure.name == "int8_accuracy":
         result.failure = _name_worst_layers(result.failure, export, fp32_onnx, images, labels, given_int8=given_int8,
                                             int8_onnx=paths.int8_onnx.name)
@@ -380,6 +381,18 @@ def _decide(result: PipelineResult, fallback: bool) -> Optional[Check]:
         return None
     fb = result.graphs.get("fallback")
     return policy.failed(fb.checks, policy.BUDGET)[-1] if fb is not None else misses[0]
+
+
+def _advised(check: Optional[Check], result: PipelineResult) -> Optional[Check]:
+    """A failed fast-graph check advises the exact graph only where that graph is within the budget."""
+    if check is None or USE_EXACT not in check.fix:
+        return check
+    exact = result.graphs.get("exact")
+    if exact is not None and _deployable(exact):
+        return check
+    why = exact.refused if exact is not None and exact.refused else "it is outside the accuracy budget too"
+    return replace(check, fix=check.fix.replace(USE_EXACT, f"the exact graph does not help ({why}): run with "
+                                                           f"fallback=True (resnet_torch.py --fallback) or QAT"))
 
 
 def _recorded(result: PipelineResult) -> list[str]:
@@ -585,7 +598,7 @@ def _verify_fast_file(graph: Graph, export_logits: dict, inputs: Inputs, fp32_on
         # no FP32 ONNX: the fast graph keeps the source's biases and differs from it by placement alone
         graph.checks.append(compare.accuracy_at_least(
             "fast_placement_accuracy", graph.logits["real"], inputs.labels, ref[0],
-            contract.FAST_ACCURACY_DROP[graph.high_precision], ref[1], fix="use the exact graph for this model",
+            contract.FAST_ACCURACY_DROP[graph.high_precision], ref[1], fix=USE_EXACT,
             agreement_with=export_logits.get("real")))
     graph.checks = agreement_checks + graph.checks
     if ref is None and not fp32_logits:

@@ -10,7 +10,7 @@ from torch.ao import quantization as tq
 
 from conftest import ROOT, run_script
 from eager2trt import contract
-from eager2trt.checks.result import CheckFailed
+from eager2trt.checks.result import Check, CheckFailed
 from eager2trt.eager.model import variance_preserving_init
 from eager2trt.errors import PipelineError
 from eager2trt.graph import sensitivity as sens
@@ -311,3 +311,21 @@ def test_a_failed_run_reports_the_graphs_on_disk_and_keeps_them(tmp_path):
     assert result.graphs["exact"].path is None and not (tmp_path / contract.INT8_ONNX_MODIFIED).exists()
     assert (tmp_path / contract.INT8_ONNX).exists() and not (tmp_path / RUN_MARKER).exists()
     check_complete(tmp_path)  # a finished run, not an interrupted one
+
+
+def test_a_fast_graph_defect_advises_the_exact_graph_only_where_it_is_within_the_budget():
+    """Issue 26: advice names only graphs that would pass (hand-made graphs and checks; no model runs)."""
+    from eager2trt.checks.compare import error_ratio
+    from eager2trt.pipeline import Graph, PipelineResult, _advised
+    import numpy as np
+
+    defect = error_ratio(np.zeros((4, 2)), np.ones((4, 2)), 3 * np.ones((4, 2)))  # fast 3x further from FP32
+    assert not defect.passed and defect.fix == "use the exact graph for this model"
+
+    def result(exact_within: bool) -> PipelineResult:
+        exact = Graph("exact", model=object(), checks=[Check("exact_graph_accuracy", 0.9, ">= 0.8", exact_within)])
+        return PipelineResult(None, None, None, None, "qnnpack", {"exact": exact}, [], {})
+
+    assert _advised(defect, result(True)).fix == "use the exact graph for this model"
+    fix = _advised(defect, result(False)).fix
+    assert "exact graph" in fix and "outside the accuracy budget too" in fix and "fallback=True" in fix
