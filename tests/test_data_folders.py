@@ -17,6 +17,7 @@ import onnx
 import pytest
 
 from conftest import DATA_DIR
+from test_cli import assert_one_sentence
 
 from eager2trt.errors import run_cli
 
@@ -61,15 +62,6 @@ def cli(capsys, module: str, *args) -> SimpleNamespace:
         sys.argv = argv
     out = capsys.readouterr()
     return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-
-def assert_one_sentence(proc, *fragments) -> None:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith("error: ")
-    for f in fragments:
-        assert f in err, err
 
 
 def written(folder: Path) -> list:
