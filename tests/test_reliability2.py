@@ -1073,7 +1073,8 @@ def test_a_model_returning_a_tuple_is_one_sentence():
             out = super().forward(x)
             return out, out
 
-    with raises("the model returns a tuple, not one logits tensor", start=True):
+    with raises("the model returns a tuple, not one tensor: models with several outputs are not supported yet",
+                start=True):
         fuse(TupleNet(), (3, 32, 32))
 
 
