@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import PipelineError
-from .runtime.inputs import peek
+from .runtime.inputs import peek, rows
 
 # Normalized CIFAR-10 images (ImageNet mean/std) lie in [-2.12, 2.64]; standard-normal test inputs reach about
 # 6 in a few hundred thousand draws. Raw 0..255 pixels reach 255, so a batch beyond this was not normalized.
@@ -68,11 +68,6 @@ def check_model(model, name: str = "fp32") -> torch.nn.Module:
         raise PipelineError(f"{name} ({type(model).__name__}) has no fuse_model() method; add one that fuses "
                             f"conv+bn(+relu) in place with torch.ao.quantization.fuse_modules, as torchvision's "
                             f"quantizable models do")
-    required = _required_inputs(model)
-    if len(required) > 1:
-        raise PipelineError(f"{name}.forward() takes {len(required)} inputs ({', '.join(required)}): models with "
-                            f"several inputs are not supported yet; wrap the model so that forward() takes one "
-                            f"tensor (e.g. the inputs concatenated along the channels, split inside forward)")
     meta = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if meta:
         raise PipelineError(f"{name} is on the meta device ({len(meta)} tensors without data, e.g. {meta[0]}); "
@@ -81,8 +76,9 @@ def check_model(model, name: str = "fp32") -> torch.nn.Module:
     return model
 
 
-def _required_inputs(model: torch.nn.Module) -> list[str]:
-    """The names of forward()'s positional parameters without a default (the inputs every call must pass)."""
+def forward_names(model: torch.nn.Module) -> list[str]:
+    """The names of forward()'s positional parameters without a default (the inputs every call must pass; a
+    multi-input model's graph inputs are named after them)."""
     import inspect
 
     try:
@@ -177,22 +173,61 @@ def _iterator(batches, name: str) -> Iterator:
 
 
 def check_batches(batches, name: str, model: Optional[torch.nn.Module] = None,
-                  chw: Optional[tuple] = None) -> Iterable[torch.Tensor]:
+                  chw: Optional[tuple] = None) -> Iterable:
     """Float32 NCHW CPU batches, finite and normalized, with the model's channel count, all of one image size
-    (`chw`, else the first batch's). A list is checked at once and returned; any other iterable (a generator
-    over 50,000 images) has its first batch checked now and each later one as it is drawn."""
-    channels = first_conv_channels(model) if model is not None else IMAGE_CHANNELS
-    rank, conv = input_rank(model), first_conv(model)[0] if model is not None else ""
+    (`chw`, else the first batch's). For a model with several inputs a batch is a tuple of one tensor per input
+    (or a dict keyed by forward()'s parameter names), each checked the same way but for the channel count. A list
+    is checked at once and returned; any other iterable (a generator over 50,000 images) has its first batch
+    checked now and each later one as it is drawn."""
+    names = forward_names(model) if model is not None else []
+    check = _check_one if len(names) <= 1 else _check_several
     it = _iterator(batches, name)
     first = next(it, None)
     if first is None:
         raise PipelineError(f"{name} is empty; pass at least one batch of real images")
-    _check_tensor(first, f"{name}[0]", channels, chw, rank, conv)
-    chw = chw or tuple(first.shape[1:])
-    rest = (_check_tensor(x, f"{name}[{i}]", channels, chw, rank, conv) for i, x in enumerate(it, start=1))
+    first = check(first, f"{name}[0]", model, chw, names)
+    chw = chw or _shape_of(first, names)
+    rest = (check(x, f"{name}[{i}]", model, chw, names) for i, x in enumerate(it, start=1))
     if isinstance(batches, Sequence):
         return [first, *rest]
     return itertools.chain([first], rest)
+
+
+def _shape_of(batch, names: list) -> tuple:
+    """One input's CHW, or a tuple of each input's for a multi-input batch."""
+    from .runtime.inputs import as_args
+
+    if len(names) <= 1:
+        return tuple(batch.shape[1:])
+    return tuple(tuple(x.shape[1:]) for x in as_args(batch, names))
+
+
+def _check_one(x, name: str, model, chw, names):
+    channels = first_conv_channels(model) if model is not None else IMAGE_CHANNELS
+    conv = first_conv(model)[0] if model is not None else ""
+    return _check_tensor(x, name, channels, chw, input_rank(model), conv)
+
+
+def _check_several(batch, name: str, model, shapes, names):
+    """A batch of a model with several inputs: a tuple or list of one tensor per input, or a dict by name; returned
+    as a tuple in forward()'s order."""
+    from .runtime.inputs import as_args
+
+    if isinstance(batch, torch.Tensor) or not isinstance(batch, (tuple, list, dict)):
+        raise PipelineError(f"{name} is a {_describe(batch)}, but the model takes {len(names)} inputs "
+                            f"({', '.join(names)}); pass each batch as a tuple of {len(names)} tensors, or a dict "
+                            f"keyed by those names")
+    args = as_args(batch, names)
+    if len(args) != len(names):
+        raise PipelineError(f"{name} holds {len(args)} tensors, but the model takes {len(names)} inputs "
+                            f"({', '.join(names)}); pass one tensor per input")
+    for i, (arg, x) in enumerate(zip(names, args)):
+        _check_tensor(x, f"{name} input {arg}", x.shape[1] if isinstance(x, torch.Tensor) and x.dim() > 1 else 0,
+                      shapes[i] if shapes else None, x.dim() if isinstance(x, torch.Tensor) and x.dim() > 1 else 4)
+    if len({len(x) for x in args}) > 1:
+        raise PipelineError(f"{name}'s inputs hold different numbers of samples ({', '.join(str(len(x)) for x in args)}"
+                            f"); pass the same samples of every input")
+    return args  # in forward()'s order from here on, whatever the caller's structure
 
 
 def check_numpy_batches(batches, name: str, channels: int = IMAGE_CHANNELS,
@@ -248,10 +283,10 @@ def check_pipeline_arguments(fp32, calibration_batches, config=None, images=None
     if config is not None:
         check_config(config)
     first, calibration = peek(check_batches(calibration_batches, "calibration_batches", fp32), "calibration_batches")
-    chw = tuple(first.shape[1:])
+    chw = _shape_of(first, forward_names(fp32))
     checked = None if images is None else list(check_batches(images, "images", fp32, chw))
-    if labels is not None and checked is not None and len(labels) != sum(len(b) for b in checked):
-        raise PipelineError(f"labels has {len(labels)} entries for {sum(len(b) for b in checked)} images; pass one "
+    if labels is not None and checked is not None and len(labels) != sum(rows(b) for b in checked):
+        raise PipelineError(f"labels has {len(labels)} entries for {sum(rows(b) for b in checked)} images; pass one "
                             f"label per image")
     if labels is not None and checked is None:
         raise PipelineError("labels were given without images; pass the images they label")

@@ -320,7 +320,7 @@ def record_of(result: PipelineResult, opts: JobOptions, training: dict, latency:
         if g.path is not None and g.accuracy is not None:
             ref = "fp32" if g.mode == "fallback" else "int8"  # PyTorch INT8 cannot mirror an ONNX-level fallback
             validation[g.path.name] = {"backend": "onnxruntime", "model": str(g.path), "accuracy": g.accuracy,
-                                       "samples": len(result.logits["int8"]["real"]), "quantized": True,
+                                       "samples": result.tallies["real"].samples, "quantized": True,
                                        "reference": ref, "reference_accuracy": result.accuracy[ref]}
     if validation:
         record["validation"] = validation
@@ -329,12 +329,12 @@ def record_of(result: PipelineResult, opts: JobOptions, training: dict, latency:
     return record
 
 
-def pytorch_reference_logits(torchscript: Path, test) -> tuple:
-    """PyTorch INT8 logits on `test` from a saved TorchScript, on the engine chosen for this machine."""
+def pytorch_reference(torchscript: Path) -> tuple:
+    """(a runner of PyTorch INT8 from a saved TorchScript, on the engine chosen for this machine, its name)."""
     from .eager.engines import select_engine
 
     from .eager.torchscript import load_int8_torchscript
 
     select_engine()  # loading repacks the weights for the current engine: make it the faithful one
     model = load_int8_torchscript(torchscript)
-    return evaluate(PyTorchRunner(model), test).logits, f"PyTorch INT8 (TorchScript {Path(torchscript).name})"
+    return PyTorchRunner(model), f"PyTorch INT8 (TorchScript {Path(torchscript).name})"

@@ -16,10 +16,11 @@ kept in float (graph/fallback.py, chosen on held-out training images) and that g
 With `int8=` an already converted INT8 model (e.g. from QAT, eager/qat.py) replaces calibration.
 """
 
+import functools
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import onnx
@@ -37,16 +38,17 @@ from .eager.engines import AUTO
 from .eager.export import export_onnx, export_torchscript
 from .eager.model import fuse
 from .eager.quantize import quantize
-from .eager.requantize import to_project_scheme
+from .eager.requantize import MEASURE_IMAGES, to_project_scheme
 from .errors import PipelineError
 from .graph.sensitivity import restore_float_biases
 from .graph.lint import lint, performance_summary
 from .graph.onnx_utils import load_onnx
 from .graph.placement import make_fast, with_high_precision
-from .inputs import check_batches, check_int8_model, check_pipeline_arguments
+from .heldout import HeldOut, held_out
+from .inputs import check_batches, check_int8_model, check_pipeline_arguments, forward_names
 from .graph.surgery import ExactRefused, make_tensorrt_ready
-from .runtime.backends import OnnxRunner, PyTorchRunner, accuracy_of, logits
-from .runtime.inputs import onnx_input_shape, peek, random_batches
+from .runtime.backends import OnnxRunner, PyTorchRunner, run_together
+from .runtime.inputs import as_args, onnx_input_shape, peek, random_batches
 
 MODES = ("exact", "fast")
 USE_EXACT = "use the exact graph for this model"  # the fast graph's defect fix, kept where the exact graph passes
@@ -64,16 +66,31 @@ class QuantizeConfig:
     percentile: float = DEFAULT_PERCENTILE  # for calibration "percentile" (and the percentile candidate of "auto")
 
 
+# (candidate, reference) output pairs every run tallies (checks/tally.py); a pair whose models a run lacks is skipped
+PAIRS = (("int8", "export"), ("int8", "fp32"), ("export", "fp32"), ("exact", "export"), ("fast", "fp32"),
+         ("fast", "export"), ("pytorch", "export"))
+
+
 @dataclass
 class Inputs:
-    """The input sets every model is run on: seeded random batches, and optionally real images (with labels)."""
+    """The input sets every model is run on: seeded random batches, and optionally held-out real data (labelled or
+    not, heldout.HeldOut: read again on every pass, never kept); `metric` scores outputs against labels."""
 
     random: list
-    real: Optional[list] = None
-    labels: Optional[torch.Tensor] = None
+    real: Optional[HeldOut] = None
+    metric: Optional[Callable] = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.real is not None and self.real.labelled
 
     def sets(self) -> dict:
-        return {"random": self.random, **({"real": self.real} if self.real is not None else {})}
+        return {"random": [(b, None) for b in self.random], **({"real": self.real} if self.real is not None else {})}
+
+    def measure(self, runners: dict) -> dict:
+        """Every runner on every input set in lockstep: input set -> Tally of PAIRS and labelled scores."""
+        return {k: run_together(runners, v, PAIRS, self.metric, desc=f"{', '.join(runners)} ({k})")
+                for k, v in self.sets().items()}
 
 
 @dataclass
@@ -90,7 +107,6 @@ class Graph:
     checks: list = field(default_factory=list)
     accuracy: Optional[float] = None
     model: Optional[onnx.ModelProto] = field(default=None, repr=False)
-    logits: dict = field(default_factory=dict, repr=False)
 
     def record(self) -> dict:
         return {"mode": self.mode, "high_precision": self.high_precision, "output": str(self.path) if self.path else None,
@@ -109,8 +125,8 @@ class PipelineResult:
     engine: str
     graphs: dict
     checks: list
-    accuracy: dict  # fp32, int8, exact, fast: top-1 on the labelled images (empty without labels)
-    logits: dict = field(default_factory=dict, repr=False)  # model -> input set -> logits
+    accuracy: dict  # fp32, int8, exact, fast: top-1 (or the metric) on the labelled images (empty without labels)
+    tallies: dict = field(default_factory=dict, repr=False)  # input set -> checks.tally.Tally (every model's stats)
     notes: list = field(default_factory=list)  # what was not checked, and why
     failure: Optional[Check] = None  # the check that failed the run (checks/policy.py), raised as CheckFailed
 
@@ -121,8 +137,14 @@ class PipelineResult:
     def fusion_max_abs_diff(self) -> float:
         return self.check("fusion").value
 
+    @property
+    def scores(self) -> dict:
+        """Each model's labelled figures (top-1, mIoU for label maps, the metric) on the held-out data."""
+        real = self.tallies.get("real")
+        return {k: v.figures() for k, v in real.scores.items()} if real is not None else {}
 
-def fusion_check(fp32: torch.nn.Module, image_shape: tuple) -> tuple[torch.nn.Module, Check]:
+
+def fusion_check(fp32: torch.nn.Module, image_shape) -> tuple[torch.nn.Module, Check]:
     """The fused model (conv+bn+relu) and the check that it computes what the unfused one does."""
     fused, max_abs = fuse(fp32, input_shape=image_shape)  # raises with its sentence beyond the tolerance
     return fused, Check("fusion", max_abs, f"allclose rtol {contract.FUSE_RTOL:g} atol {contract.FUSE_ATOL:g}", True,
@@ -153,39 +175,49 @@ def make_graph(export: onnx.ModelProto, mode: str, high_precision: str = "fp32",
     return graph
 
 
-def run_graph(graph: Graph, inputs: Inputs) -> None:
-    """The graph's logits on every input set (onnxruntime, the graph as written), once."""
-    if graph.model is not None:
-        runner = OnnxRunner(graph.model)
-        graph.logits = {k: logits(runner, v, desc=f"{graph.mode} graph ({k})") for k, v in inputs.sets().items()}
+def graph_runners(graphs: dict) -> dict:
+    """onnxruntime runners of the graphs that were made (the graph as written), by mode."""
+    return {g.mode: OnnxRunner(g.model) for g in graphs.values() if g.model is not None}
 
 
-def check_exact(graph: Graph, export_logits: dict, atol: float = contract.EQUIVALENCE_ATOL) -> None:
-    """Lint (performance rules as warnings) and bit-equivalence with the export on every input set."""
+def per_output(tally, candidate: str, reference: str, check: Callable, *others: tuple) -> Check:
+    """`check` on each output's Stats of candidate vs reference (and of each further (candidate, reference) pair),
+    joined into one check over every output (compare.each_output)."""
+    stats = [tally.pair(candidate, reference), *(tally.pair(*o) for o in others)]
+    return compare.each_output([check(*s) for s in zip(*stats)], tally.output_names or
+                               [f"output{i}" for i in range(len(stats[0]))])
+
+
+def check_exact(graph: Graph, tallies: dict, atol: float = contract.EQUIVALENCE_ATOL) -> None:
+    """Lint (performance rules as warnings) and bit-equivalence with the export, every output, every input set."""
     graph.checks = lint_checks(lint(graph.model, performance="warning"))
-    ref = np.concatenate([export_logits[k] for k in graph.logits])
-    got = np.concatenate([graph.logits[k] for k in graph.logits])
-    graph.checks.append(compare.equivalence(ref, got, atol))
+    both = functools.reduce(lambda a, b: a.merged(b), tallies.values())
+    graph.checks.append(per_output(both, graph.mode, "export", lambda s: compare.equivalence(s, atol)))
 
 
-def check_fast(graph: Graph, fp32_logits: dict, export_logits: dict, inputs: Inputs,
-               reference: Optional[tuple] = None) -> None:
-    """Lint with the performance rules as errors, and the placement's defect check: the fast graph's logit error
-    against FP32 within FAST_ERROR_RATIO of the export's (real images when given, else the random inputs). With
-    labelled images and the PyTorch INT8 `reference` (accuracy, name), top-1 against it is recorded
+def check_fast(graph: Graph, tallies: dict, inputs: Inputs, reference: Optional[tuple] = None) -> None:
+    """Lint with the performance rules as errors, and the placement's defect check: the fast graph's error against
+    FP32 within FAST_ERROR_RATIO of the export's, every output (real images when given, else the random inputs).
+    With labelled images and the PyTorch INT8 `reference` (accuracy, name), top-1 against it is recorded
     (fast_accuracy, policy RECORD): the fast graph carries the unrounded FP32 biases PyTorch INT8 rounds, so it
     is another function and a difference proves no defect; it is held to FP32 by its accuracy guard instead."""
     graph.checks = lint_checks(lint(graph.model, performance="error"), fix=USE_EXACT)
-    on = "real" if "real" in graph.logits else "random"
-    if on in fp32_logits:
-        graph.checks.append(compare.error_ratio(fp32_logits[on], export_logits[on], graph.logits[on]))
-    if inputs.labels is not None and reference is not None:
-        graph.checks.append(compare.accuracy_recorded("fast_accuracy", graph.logits["real"], inputs.labels,
-                                                      *reference, agreement_with=export_logits.get("real")))
+    tally = tallies.get("real", tallies["random"])
+    if ("export", "fp32") in tally.stats:
+        graph.checks.append(per_output(tally, "export", "fp32", compare.error_ratio, (graph.mode, "fp32")))
+    if inputs.labelled and reference is not None:
+        real = tallies["real"]
+        graph.checks.append(compare.accuracy_recorded("fast_accuracy", score(real, graph.mode), real.samples,
+                                                      *reference, agreement=real.pair(graph.mode, "export")[0].agreement))
+
+
+def score(tally, model: str) -> float:
+    """`model`'s figure on labelled data: the run's metric when given, else top-1 (per pixel for label maps)."""
+    return tally.scores[model].value()
 
 
 def accuracy_guard(name: str, accuracy: float, fp32_accuracy: float, budget: float, what: str) -> Check:
-    """INT8 top-1 no more than `budget` points below FP32 on held-out labelled images."""
+    """INT8 top-1 (or the run's metric) no more than `budget` points below FP32 on held-out labelled images."""
     return Check(name, accuracy, f">= {fp32_accuracy - budget / 100:.4f}", accuracy >= fp32_accuracy - budget / 100 - 1e-9,
                  detail=f"{what} vs FP32 {fp32_accuracy:.4f} on held-out images, budget {budget:g} points",
                  fix="INT8 loses more accuracy than the budget allows; try another calibration (e.g. percentile or "
@@ -200,9 +232,10 @@ def write_graph(graph: Graph, path: Path) -> None:
     graph.path = Path(path)
 
 
-def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[torch.Tensor], output_dir: Path,
+def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable, output_dir: Path,
                          config: Optional[QuantizeConfig] = None, *, images: Optional[list] = None,
-                         labels: Optional[torch.Tensor] = None, fast: Optional[str] = "fp32",
+                         labels: Optional[torch.Tensor] = None, data: Optional[Iterable] = None,
+                         metric: Optional[Callable] = None, fast: Optional[str] = "fp32",
                          accuracy_budget: float = contract.ACCURACY_BUDGET,
                          holdout: Optional[tuple] = None, fallback: bool = False,
                          int8: Optional[torch.nn.Module] = None,
@@ -212,11 +245,18 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     contract.artifact_names).
 
     `fp32` needs torchvision's quantizable-model contract: QuantStub/DeQuantStub around forward, FloatFunctional
-    for additions, and a `fuse_model()` method (docs/bring_your_own_model.md). `images` are real float NCHW
-    batches held out from calibration (e.g. the test set): with them PyTorch INT8 is compared with its graph on
-    real data (argmax agreement) and equivalence covers them too; with `labels` as well, every model's top-1 is
-    measured and INT8 must stay within `accuracy_budget` points of FP32 (the accuracy guard), and the fast graph
-    within its allowance of PyTorch INT8. Without labels accuracy is not checked (the result says so).
+    for additions, and a `fuse_model()` method (docs/bring_your_own_model.md). It may take several inputs (a batch
+    is then a tuple of tensors, or a dict keyed by forward()'s parameter names) and return several outputs (a
+    tuple or dict: named graph outputs); every check covers every output. `images` are real float NCHW batches
+    held out from calibration (e.g. the test set): with them PyTorch INT8 is compared with its graph on real data
+    (argmax agreement) and equivalence covers them too; with `labels` as well (one per sample, or one label map
+    per sample for segmentation: per-pixel top-1 and mIoU), every model's top-1 is measured and INT8 must stay
+    within `accuracy_budget` points of FP32 (the accuracy guard). `data` instead of images and labels: any
+    re-iterable of (inputs, labels) pairs, e.g. a torch DataLoader; nothing of it is kept (each pass reads it
+    again, checks read running statistics: memory does not grow with its size). `metric(outputs, labels)` -> a
+    float, higher is better (e.g. a detector's or an embedding's own figure; `outputs` a list of tensors): what
+    the guards hold instead of top-1, averaged over samples. Without labels accuracy is not checked (the result
+    says so; the outputs' error against FP32 is).
     `fast` ("fp32" or "fp16" high precision, None for none) also writes the fast-placement graph. `holdout` =
     (batches, labels) of training images not used for calibration: what calibration "auto" chooses on, and what
     the fallback chooses its layers on.
@@ -253,16 +293,21 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable[to
     calibration_batches, images = check_pipeline_arguments(fp32, calibration_batches, config, images, labels, fast)
     if int8 is not None:
         check_int8_model(int8)
+    if metric is not None and not callable(metric):
+        raise PipelineError(f"metric is a {type(metric).__name__}; pass a function metric(outputs, labels) -> float "
+                            f"(higher is better), or leave it out for top-1")
     if float_twin is not None and (int8 is None or not isinstance(float_twin, torch.nn.Module)):
         raise PipelineError("float_twin is the float model an int8= model was converted from (quantize_qat's "
                             "float_model); pass it together with int8=, or leave it out")
     example, calibration_batches = peek(calibration_batches, "calibration_batches")
-    holdout_arrays = _check_fallback_arguments(fp32, holdout, images, labels, tuple(example.shape[1:])) \
-        if fallback else None
+    shape = input_shapes(fp32, example)
+    real = held_out(images, labels, data, fp32, shape)
+    holdout_arrays = _check_fallback_arguments(fp32, holdout, real, images, shape) if fallback else None
     paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"), name)
     done = []  # the finished run's result; a failed one keeps the earlier run's files aside (fresh_run)
     with fresh_run(paths.output_dir, paths.run_artifacts(), keep_previous=lambda: done[0].failure is not None):
-        done.append(_quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast,
+        done.append(_quantize_to_tensorrt(fp32, calibration_batches, example, paths, config,
+                                          Inputs(random_inputs(shape), real, metric), fast,
                                           accuracy_budget, holdout, holdout_arrays, int8, float_twin))
     result = done[0]
     if result.failure is not None:
@@ -278,17 +323,30 @@ def run_failed(result: "PipelineResult") -> CheckFailed:
     return exc
 
 
-def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, images, labels, fast, accuracy_budget,
+def input_shapes(model: torch.nn.Module, example):
+    """One input's CHW, or a tuple of each input's for a model with several (what fuse() and the checks take)."""
+    args = as_args(example, forward_names(model))
+    return tuple(args[0].shape[1:]) if len(args) == 1 else tuple(tuple(x.shape[1:]) for x in args)
+
+
+def random_inputs(shape, batch: int = 8, n: int = 4) -> list:
+    """The seeded random input set: `n` batches of `batch` samples of input_shapes' `shape`."""
+    several = bool(shape) and isinstance(shape[0], tuple)
+    return random_batches([(batch, *s) for s in shape] if several else (batch, *shape), n=n)
+
+
+def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, inputs: Inputs, fast, accuracy_budget,
                           holdout, holdout_arrays=None, int8=None, float_twin=None) -> PipelineResult:
     fp32 = fp32.eval().cpu()
-    fused, fusion = fusion_check(fp32, tuple(example.shape[1:]))
+    fused, fusion = fusion_check(fp32, input_shapes(fp32, example))
     given_int8 = int8 is not None
     requantization = []  # a given int8's check: re-derived in the symmetric scheme, or used as is
     if int8 is None:
         int8 = quantize(fused, calibration_batches, config.activation_dtype, config.calibration, config.engine,
                         config.percentile, holdout)
     else:
-        int8, check = to_project_scheme(int8.eval(), fused, calibration_batches, example, images, config.engine,
+        measured = inputs.real.sample(MEASURE_IMAGES)[0] if inputs.real is not None else None
+        int8, check = to_project_scheme(int8.eval(), fused, calibration_batches, example, measured, config.engine,
                                         float_twin)
         requantization = [check]
     engine = torch.backends.quantized.engine
@@ -296,44 +354,48 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
     export_onnx(int8, paths.int8_onnx, example=example)
     int8_ts = export_torchscript(int8, paths.int8_torchscript, example=example)
     export, fp32_onnx = load_onnx(paths.int8_onnx), load_onnx(paths.fp32_onnx)
-    inputs = Inputs(random_batches((8, *example.shape[1:]), n=4), images, labels)
-
-    out = {name: {k: logits(runner, v, desc=f"{name} ({k})") for k, v in inputs.sets().items()}
-           for name, runner in (("fp32", PyTorchRunner(fp32)), ("int8", PyTorchRunner(int8)),
-                                ("export", OnnxRunner(export)))}
-    real = images is not None
-    checks = [fusion, *requantization,
-              agreement(out["int8"]["real" if real else "random"], out["export"]["real" if real else "random"],
-                        out["fp32"]["real" if real else "random"], real=real, engine=engine),
-              scale_provenance(int8, export)]
-    require_all(policy.failed(checks, policy.DEFECT))  # the model itself is wrong: nothing after this can help
-    accuracy = {}
-    if labels is not None:
-        accuracy = {k: accuracy_of(out[k]["real"], labels) for k in ("fp32", "int8")}
-        checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
-                                     f"PyTorch INT8 ({engine} engine)"))
-    notes = [] if labels is not None else [_accuracy_not_checked(out, "real" if real else "random")]
-    notes += _island_notes(int8)
+    if holdout_arrays is not None and len(export.graph.output) > 1:
+        raise PipelineError(f"fallback=True ranks layers by top-1 of one classifier output, and this model has "
+                            f"{len(export.graph.output)} outputs; run without fallback (every output is still checked)")
 
     # the float ONNX whose unrounded biases the fast and fallback graphs carry
     biases = fp32_onnx if float_twin is None else _twin_onnx(float_twin, example)
     graphs = {"exact": make_graph(export, "exact")}
     if fast:
         graphs["fast"] = make_graph(export, "fast", fast, fp32=biases)
+    runners = {"fp32": PyTorchRunner(fp32), "int8": PyTorchRunner(int8), "export": OnnxRunner(export),
+               **graph_runners(graphs)}
+    tallies = inputs.measure(runners)
+    names = [o.name for o in export.graph.output]
+    for t in tallies.values():
+        t.output_names = names
+    on = tallies.get("real", tallies["random"])
+    real = inputs.real is not None
+    checks = [fusion, *requantization,
+              per_output(on, "int8", "export", lambda a, b, c: agreement(a, b, c, real=real, engine=engine),
+                         ("int8", "fp32"), ("export", "fp32")),
+              scale_provenance(int8, export)]
+    require_all(policy.failed(checks, policy.DEFECT))  # the model itself is wrong: nothing after this can help
+    accuracy = {}
+    if inputs.labelled:
+        accuracy = {k: score(on, k) for k in ("fp32", "int8")}
+        checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
+                                     f"PyTorch INT8 ({engine} engine)"))
+    notes = [] if inputs.labelled else [_accuracy_not_checked(on, "real" if real else "random")]
+    notes += _island_notes(int8)
+
     reference = (accuracy["int8"], f"PyTorch INT8 ({engine})") if accuracy else None
     for g in graphs.values():
-        run_graph(g, inputs)
         if g.model is None:
             continue
         if g.mode == "exact":
-            check_exact(g, out["export"])
+            check_exact(g, tallies)
         else:
-            check_fast(g, out["fp32"], out["export"], inputs, reference)
-        if labels is not None:
-            g.accuracy = accuracy_of(g.logits["real"], labels)
+            check_fast(g, tallies, inputs, reference)
+        if inputs.labelled:
+            g.accuracy = accuracy[g.mode] = score(on, g.mode)
             g.checks.append(accuracy_guard(f"{g.mode}_graph_accuracy", g.accuracy, accuracy["fp32"], accuracy_budget,
                                            f"the {g.mode} graph"))
-            accuracy[g.mode] = g.accuracy
     fallback = holdout_arrays is not None
     if fallback and not any(_deployable(g) for g in graphs.values()):
         graphs["fallback"] = fallback_graph(export, fp32_onnx, holdout_arrays, inputs, accuracy["fp32"],
@@ -345,12 +407,12 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, ima
                             "fallback": paths.int8_onnx_fallback}[g.mode])
     result = PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, engine=engine,
                             graphs=graphs, checks=checks + [c for g in graphs.values() for c in g.checks],
-                            accuracy=accuracy, logits={**out, **{g.mode: g.logits for g in graphs.values()}},
+                            accuracy=accuracy, tallies=tallies,
                             notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values()
                                            if g.refused])
     result.failure = _advised(_decide(result, fallback), result)
     if result.failure is not None and result.failure.name == "int8_accuracy":
-        result.failure = _name_worst_layers(result.failure, export, fp32_onnx, images, labels, given_int8=given_int8,
+        result.failure = _name_worst_layers(result.failure, export, fp32_onnx, inputs.real, given_int8=given_int8,
                                             int8_onnx=paths.int8_onnx.name)
     result.notes += _recorded(result)
     return result
@@ -430,16 +492,19 @@ def _twin_onnx(float_twin: torch.nn.Module, example) -> onnx.ModelProto:
         return load_onnx(export_onnx(float_twin.eval().cpu(), Path(tmp) / "float_twin.onnx", example=example))
 
 
-def _check_fallback_arguments(fp32, holdout, images, labels, chw: tuple) -> tuple[list, np.ndarray]:
-    """fallback=True's inputs, before anything is written: labelled `images` to hold the fallback graph to, and
-    `holdout` = (batches, labels) of training images to choose its layers on; returns holdout as numpy."""
+def _check_fallback_arguments(fp32, holdout, real: Optional[HeldOut], images, chw: tuple) -> tuple[list, np.ndarray]:
+    """fallback=True's inputs, before anything is written: labelled held-out data to hold the fallback graph to,
+    and `holdout` = (batches, labels) of training images to choose its layers on; returns holdout as numpy."""
+    if len(forward_names(fp32)) > 1:
+        raise PipelineError("fallback=True ranks layers on one input's images, and fp32 takes several inputs; run "
+                            "without fallback (every input and output is still checked)")
     if holdout is None:
         raise PipelineError("fallback=True chooses the layers to keep in float on held-out labelled training images; "
                             "pass holdout=(batches, labels) of training images not used for calibration (never the "
                             "test images given as images=, which the fallback graph is then evaluated on)")
-    if labels is None:
+    if real is None or not real.labelled:
         raise PipelineError("fallback=True holds the fallback graph to FP32 on labelled held-out images; pass images= "
-                            "and labels= (e.g. the test set) as well as holdout=")
+                            "and labels= (e.g. the test set), or data=, as well as holdout=")
     if not isinstance(holdout, (tuple, list)) or len(holdout) != 2:
         raise PipelineError(f"holdout is a {type(holdout).__name__}; pass holdout=(batches, labels): a list of "
                             f"float32 NCHW batches and their labels")
@@ -451,7 +516,7 @@ def _check_fallback_arguments(fp32, holdout, images, labels, chw: tuple) -> tupl
     if len(held) != sum(len(b) for b in batches):
         raise PipelineError(f"holdout has {len(held)} labels for {sum(len(b) for b in batches)} images; pass one "
                             f"label per image")
-    if any(b is x for b in holdout[0] for x in images):
+    if any(b is x for b in holdout[0] for x in images or ()):
         raise PipelineError("holdout shares batches with images; the fallback's layers must be chosen on training "
                             "images, never on the images they are then evaluated on")
     return batches, held
@@ -496,8 +561,8 @@ def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout:
     graph.model = fb.model
     graph.performance = performance_summary(fb.model)
     graph.checks = lint_checks(lint(fb.model, performance="warning")) + [searched]
-    run_graph(graph, inputs)
-    graph.accuracy = accuracy_of(graph.logits["real"], inputs.labels)
+    graph.accuracy = score(run_together(graph_runners({"fallback": graph}), inputs.real, [], inputs.metric,
+                                        desc="fallback graph (real)"), "fallback")
     guard = accuracy_guard("fallback_graph_accuracy", graph.accuracy, fp32_accuracy, budget,
                            f"the fallback graph ({len(fb.kept)} layers kept in float, chosen on held-out training "
                            f"images; held to FP32, not PyTorch INT8)")
@@ -511,17 +576,19 @@ def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout:
 GUARD_IMAGES = 500  # labelled images the failing accuracy guard's layer ranking runs on (one run per layer)
 
 
-def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelProto, images: list, labels,
+def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelProto, real: HeldOut,
                        given_int8: bool = False, int8_onnx: str = contract.INT8_ONNX) -> Check:
     """The failed accuracy guard, its fix naming the layers that recover most when left alone in float
-    (graph/sensitivity.py, leave-one-out on up to GUARD_IMAGES of the held-out images); for a given INT8 model
-    (`given_int8`: QAT's, say) the fix is the fallback, since calibration is not this run's."""
+    (graph/sensitivity.py, leave-one-out on up to GUARD_IMAGES of the held-out images, one input and one output);
+    for a given INT8 model (`given_int8`: QAT's, say) the fix is the fallback, since calibration is not this run's."""
     from .graph.sensitivity import worst_layers
 
-    xs = torch.cat(images)[:GUARD_IMAGES]
-    names = worst_layers(export, [b.numpy() for b in xs.split(250)], np.asarray(labels[:len(xs)]), fp32=fp32, k=3)
-    lost = (f"INT8 loses more accuracy than the budget allows; the layers that recover most when left in float are "
-            f"{', '.join(names)}")
+    names = []
+    if len(export.graph.input) == 1 and len(export.graph.output) == 1:
+        batches, labels = real.sample(GUARD_IMAGES)
+        names = worst_layers(export, [b.numpy() for b in batches], labels.numpy(), fp32=fp32, k=3)
+    lost = "INT8 loses more accuracy than the budget allows" + (
+        f"; the layers that recover most when left in float are {', '.join(names)}" if names else "")
     if given_int8:
         fix = (f"{lost}: for this given INT8 model (int8=, e.g. QAT's) use fallback=True (resnet_torch.py "
                f"--qat-epochs N --fallback): its graph starts from the unrounded float biases TensorRT computes with "
@@ -533,11 +600,11 @@ def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelPr
     return replace(check, fix=fix, figures={**check.figures, "worst_layers": names})
 
 
-def _accuracy_not_checked(out: dict, inputs: str) -> str:
-    """What a run without labels can say instead of accuracy: INT8's logit error against FP32."""
-    rel = compare.relative_distance(out["int8"][inputs], out["fp32"][inputs])
-    return (f"accuracy was not checked (no labels): PyTorch INT8 logits are {rel:.3f} relative distance from FP32 on "
-            f"{len(out['int8'][inputs])} {inputs} inputs; pass images= and labels= (held-out real data) to check it")
+def _accuracy_not_checked(tally, inputs: str) -> str:
+    """What a run without labels can say instead of accuracy: INT8's error against FP32, each output."""
+    rel = ", ".join(f"{s.relative:.3f}" for s in tally.pair("int8", "fp32"))
+    return (f"accuracy was not checked (no labels): PyTorch INT8 outputs are {rel} relative distance from FP32 on "
+            f"{tally.samples} {inputs} inputs; pass images= and labels= (or data=) of held-out real data to check it")
 
 
 def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision: str = "fp32",
@@ -547,10 +614,11 @@ def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision
     """One INT8 ONNX file -> its exact or fast TensorRT-ready graph, checked as in quantize_to_tensorrt, written.
 
     Exact: lint and bit-equivalence with `source` on random inputs (+ `images`). Fast: lint with performance rules
-    as errors, then top-1 on labelled `images` against `reference` = (PyTorch INT8 logits on those images, name)
-    (default: the source graph's own logits, which exact mode keeps bit for bit); or, without labels, the logit
-    error against `fp32_onnx` within FAST_ERROR_RATIO of the exact graph's; or the lint alone (recorded).
-    With a PyTorch `reference`, the source graph must also agree with it (the agreement check on real images).
+    as errors, then top-1 on labelled `images` against `reference` = (a runner of PyTorch INT8, e.g.
+    runtime.backends.PyTorchRunner of the INT8 TorchScript, and its name) (default: the source graph's own
+    accuracy, which exact mode keeps bit for bit); or, without labels, the logit error against `fp32_onnx` within
+    FAST_ERROR_RATIO of the exact graph's; or the lint alone (recorded). With a PyTorch `reference`, the source
+    graph must also agree with it (the agreement check on real images).
     """
     if mode not in MODES:
         raise PipelineError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -561,67 +629,71 @@ def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision
         raise PipelineError(graph.refused)
     if verify:
         shape = onnx_input_shape(original, batch_size=8)
-        inputs = Inputs(random_batches(tuple(shape), n=4), images, labels)
-        export_logits = {k: logits(OnnxRunner(original), v, desc=f"input graph ({k})") for k, v in inputs.sets().items()}
-        run_graph(graph, inputs)
+        random = random_batches(shape if isinstance(shape[0], tuple) else tuple(shape), n=4)
+        inputs = Inputs(random, held_out(images, labels, None, None, None))
+        runners = {"export": OnnxRunner(original), **graph_runners({mode: graph}),
+                   **({"fp32": OnnxRunner(fp32_onnx)} if fp32_onnx is not None else {}),
+                   **({"pytorch": reference[0]} if reference is not None and inputs.labelled else {})}
+        tallies = inputs.measure(runners)
         if mode == "exact":
-            check_exact(graph, export_logits, atol)
+            check_exact(graph, tallies, atol)
         else:
-            _verify_fast_file(graph, export_logits, inputs, fp32_onnx, reference)
-        if labels is not None:
-            graph.accuracy = accuracy_of(graph.logits["real"], labels)
+            _verify_fast_file(graph, tallies, inputs, fp32_onnx, reference)
+        if inputs.labelled:
+            graph.accuracy = score(tallies["real"], mode)
         for c in graph.checks:
             require(c)
     write_graph(graph, target)
     return graph
 
 
-def _verify_fast_file(graph: Graph, export_logits: dict, inputs: Inputs, fp32_onnx: Optional[Path],
+def _verify_fast_file(graph: Graph, tallies: dict, inputs: Inputs, fp32_onnx: Optional[Path],
                       reference: Optional[tuple]) -> None:
     """check_fast with what a file-level run has: a PyTorch reference (checked to agree with the source graph),
-    else the source graph's own accuracy; an FP32 ONNX for the random-input error ratio."""
-    ref = None
-    if inputs.labels is not None:
+    else the source graph's own accuracy; an FP32 ONNX for the error ratio."""
+    ref, first = None, []
+    if inputs.labelled:
+        real = tallies["real"]
         if reference is not None:
-            ref_logits, name = reference
-            graph.checks.append(agreement(ref_logits, export_logits["real"], None, real=True, engine=None, source=name))
-            ref = (accuracy_of(ref_logits, inputs.labels), name)
+            name = reference[1]
+            first.append(per_output(real, "pytorch", "export",
+                                    lambda s: agreement(s, None, None, real=True, engine=None, source=name)))
+            ref = (score(real, "pytorch"), name)
         else:
-            ref = (accuracy_of(export_logits["real"], inputs.labels), "the input graph (= PyTorch INT8 up to rounding)")
-    fp32_logits = {}
-    if fp32_onnx is not None:
-        runner = OnnxRunner(fp32_onnx)
-        fp32_logits = {k: logits(runner, v, desc=f"FP32 graph ({k})") for k, v in inputs.sets().items()}
-    agreement_checks = graph.checks
-    check_fast(graph, fp32_logits, export_logits, inputs, ref)
+            ref = (score(real, "export"), "the input graph (= PyTorch INT8 up to rounding)")
+    check_fast(graph, tallies, inputs, ref)
     if ref is not None and fp32_onnx is None:
         # no FP32 ONNX: the fast graph keeps the source's biases and differs from it by placement alone
+        real = tallies["real"]
         graph.checks.append(compare.accuracy_at_least(
-            "fast_placement_accuracy", graph.logits["real"], inputs.labels, ref[0],
+            "fast_placement_accuracy", score(real, graph.mode), real.samples, ref[0],
             contract.FAST_ACCURACY_DROP[graph.high_precision], ref[1], fix=USE_EXACT,
-            agreement_with=export_logits.get("real")))
-    graph.checks = agreement_checks + graph.checks
-    if ref is None and not fp32_logits:
+            agreement=real.pair(graph.mode, "export")[0].agreement))
+    graph.checks = first + graph.checks
+    if ref is None and fp32_onnx is None:
         graph.checks.append(Check("fast_error_ratio", None, "not measured", True,
                                   detail="no labelled images and no FP32 ONNX: only the lint ran"))
 
 
 def write_fp16(fp32_onnx: Path, target: Path, images: Optional[list] = None, labels: Optional[torch.Tensor] = None,
-               fp32_accuracy: Optional[float] = None, reference_name: str = "the FP32 ONNX") -> list[Check]:
-    """FP16 ONNX (float32 I/O) for strongly typed TensorRT; with labelled images, its top-1 held to FP32's within
-    FP16_ACCURACY_TOLERANCE (`fp32_accuracy` when the caller measured it already, else the FP32 ONNX's). Written
-    only when the check passes."""
+               fp32_accuracy: Optional[float] = None, reference_name: str = "the FP32 ONNX",
+               data: Optional[Iterable] = None) -> list[Check]:
+    """FP16 ONNX (float32 I/O) for strongly typed TensorRT; with labelled images (or `data`, (inputs, labels)
+    pairs), its top-1 held to FP32's within FP16_ACCURACY_TOLERANCE (`fp32_accuracy` when the caller measured it
+    already, else the FP32 ONNX's). Written only when the check passes."""
     from .graph.fp16 import refuse_quantized, to_fp16
 
     source = load_onnx(fp32_onnx)
     refuse_quantized(source, fp32_onnx)
     fp16 = to_fp16(source)
     checks = []
-    if labels is not None:
-        if fp32_accuracy is None:
-            fp32_accuracy = accuracy_of(logits(OnnxRunner(source), images, desc="FP32 ONNX"), labels)
+    real = held_out(images, labels, data, None, None)
+    if real is not None and real.labelled:
+        runners = {"fp16": OnnxRunner(fp16), **({"fp32": OnnxRunner(source)} if fp32_accuracy is None else {})}
+        tally = run_together(runners, real, [], desc="FP16 ONNX")
+        fp32_accuracy = score(tally, "fp32") if fp32_accuracy is None else fp32_accuracy
         checks.append(compare.accuracy_matches(
-            "fp16_accuracy", logits(OnnxRunner(fp16), images, desc="FP16 ONNX"), labels, fp32_accuracy,
+            "fp16_accuracy", score(tally, "fp16"), tally.samples, fp32_accuracy,
             reference_name, contract.FP16_ACCURACY_TOLERANCE,
             fix="keep sensitive layers in FP32 (e.g. ModelOpt AutoCast) before building the FP16 engine"))
     for c in checks:

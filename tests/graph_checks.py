@@ -2,6 +2,7 @@
 project's checks, so tests read the same Check objects the pipeline decides on."""
 
 from eager2trt.checks import compare
+from eager2trt.checks.tally import Stats
 from eager2trt.contract import EQUIVALENCE_ATOL, FAST_ERROR_RATIO
 from eager2trt.runtime.backends import OnnxRunner, logits
 
@@ -11,11 +12,12 @@ def onnx_logits(model, batches):
 
 
 def ort_equivalence(a, b, batches, atol=EQUIVALENCE_ATOL):
-    return compare.equivalence(onnx_logits(a, batches), onnx_logits(b, batches), atol)
+    return compare.equivalence(Stats.of(onnx_logits(b, batches), onnx_logits(a, batches)), atol)
 
 
 def ort_error_ratio(fp32, exact, fast, batches, bound=FAST_ERROR_RATIO):
-    return compare.error_ratio(*(onnx_logits(m, batches) for m in (fp32, exact, fast)), bound=bound)
+    ref, exact, fast = (onnx_logits(m, batches) for m in (fp32, exact, fast))
+    return compare.error_ratio(Stats.of(exact, ref), Stats.of(fast, ref), bound=bound)
 
 
 def ort_accuracy(model, split):

@@ -17,6 +17,7 @@ from eager2trt.eager.model import build_model, fuse, load_state_dict, variance_p
 from eager2trt.eager.quantize import quantize
 from eager2trt.errors import PipelineError
 from eager2trt.runtime.backends import OnnxRunner, PyTorchRunner, logits
+from eager2trt.checks.tally import Stats
 from eager2trt.runtime.inputs import random_batches
 
 
@@ -26,8 +27,10 @@ def batches(n: int, seed: int) -> list:
 
 def agreement_of(int8, graph_path, fused, inputs, real=False):
     """The agreement check on PyTorch INT8, its graph and FP32 logits for `inputs`."""
-    return agreement(logits(PyTorchRunner(int8), inputs), logits(OnnxRunner(graph_path), inputs),
-                     logits(PyTorchRunner(fused), inputs), real=real, engine=torch.backends.quantized.engine)
+    pt, graph, fp32 = (logits(PyTorchRunner(int8), inputs), logits(OnnxRunner(graph_path), inputs),
+                       logits(PyTorchRunner(fused), inputs))
+    return agreement(Stats.of(pt, graph), Stats.of(pt, fp32), Stats.of(graph, fp32), real=real,
+                     engine=torch.backends.quantized.engine)
 
 
 @pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2"])

@@ -21,7 +21,8 @@ from eager2trt import contract
 from conftest import DATA_DIR, ROOT, run_script
 from eager2trt.eager.model import build_model, fuse, load_state_dict
 from eager2trt.eager.train import seed_everything, train
-from eager2trt.jobs import pytorch_reference_logits
+from eager2trt.jobs import pytorch_reference
+from eager2trt.runtime.backends import evaluate
 from eager2trt.runtime.backends import OnnxRunner, evaluate
 
 SHIPPED = ROOT / "saved_models" / "resnet_cifar10.pt"
@@ -130,7 +131,8 @@ def test_shipped_onnx_int8_matches_pytorch_int8(main_job, cifar10):
     out, metrics, _ = main_job
     val = metrics["validation"]["resnet_quantized_cifar10_modified.onnx"]
     assert abs(val["accuracy"] - metrics["pytorch"]["int8_accuracy"]) <= contract.ACCURACY_MATCH
-    pt, _ = pytorch_reference_logits(out / "resnet_quantized_cifar10.pt", cifar10["test"])  # on the faithful engine
+    runner, _ = pytorch_reference(out / "resnet_quantized_cifar10.pt")  # on the faithful engine
+    pt = evaluate(runner, cifar10["test"], progress=False).logits
     _, logits = ort_accuracy(out / "resnet_quantized_cifar10_modified.onnx", cifar10["test"])
     assert (logits.argmax(1) == pt.argmax(1)).mean() >= contract.AGREEMENT_MIN
 

@@ -316,10 +316,12 @@ def test_a_failed_run_reports_the_graphs_on_disk_and_keeps_them(tmp_path):
 def test_a_fast_graph_defect_advises_the_exact_graph_only_where_it_is_within_the_budget():
     """Issue 26: advice names only graphs that would pass (hand-made graphs and checks; no model runs)."""
     from eager2trt.checks.compare import error_ratio
+    from eager2trt.checks.tally import Stats
     from eager2trt.pipeline import Graph, PipelineResult, _advised
     import numpy as np
 
-    defect = error_ratio(np.zeros((4, 2)), np.ones((4, 2)), 3 * np.ones((4, 2)))  # fast 3x further from FP32
+    fp32 = np.zeros((4, 2))
+    defect = error_ratio(Stats.of(np.ones((4, 2)), fp32), Stats.of(3 * np.ones((4, 2)), fp32))  # fast 3x further
     assert not defect.passed and defect.fix == "use the exact graph for this model"
 
     def result(exact_within: bool) -> PipelineResult:

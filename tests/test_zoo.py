@@ -6,6 +6,8 @@ Then the sentences: what the pipeline says for layers it cannot take, each namin
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,14 +185,83 @@ def test_bench_zoo_writes_one_row_per_model(tmp_path):
     assert "| gelu | 3x16x16 | ok | ok | b1.2, b2.2 | 0/0 |" in (tmp_path / "t.md").read_text()
 
 
-@pytest.mark.parametrize("name, words", [
-    ("detector_two_outputs", "returns a tuple, not one tensor: models with several outputs are not supported yet"),
-    ("two_inputs", "takes 2 inputs (rgb, depth): models with several inputs are not supported yet")])
-def test_several_inputs_or_outputs_are_refused_in_one_sentence_before_anything_is_written(name, words, tmp_path):
-    """Several inputs/outputs are open work (issue 23): until then one sentence that never advises dropping a head,
-    and nothing on disk."""
-    model_class, shapes = zoo.MULTI_IO[name]
+def multi_io_batches(name: str, n: int, seed: int) -> list:
+    """Seeded random batches of a MULTI_IO model: a tensor for one input, a tuple of one tensor per input."""
+    shapes = zoo.MULTI_IO[name][1]
+    g = torch.Generator().manual_seed(seed)
+    make = (lambda: tuple(torch.randn(8, *s, generator=g) for s in shapes)) if len(shapes) > 1 else \
+        (lambda: torch.randn(8, *shapes[0], generator=g))
+    return [make() for _ in range(n)]
+
+
+@pytest.fixture(scope="module", params=sorted(zoo.MULTI_IO))
+def multi_io(request, tmp_path_factory):
+    name = request.param
+    out = tmp_path_factory.mktemp(name)
+    result = quantize_to_tensorrt(zoo.build(name), multi_io_batches(name, 4, 1), out,
+                                  images=multi_io_batches(name, 2, 2), name=name)
+    return name, out, result
+
+
+def test_several_inputs_and_outputs_become_named_graph_inputs_and_outputs(multi_io):
+    """Issue 23: a detector's two heads are two graph outputs, a two-input model's inputs keep forward()'s names."""
+    name, out, result = multi_io
+    expected = {"detector_two_outputs": (["input"], ["output0", "output1"]),
+                "two_inputs": (["rgb", "depth"], ["output"])}[name]
+    for mode in ("exact", "fast"):
+        graph = onnx.load(str(result.graphs[mode].path))
+        assert ([i.name for i in graph.graph.input], [o.name for o in graph.graph.output]) == expected
+
+
+def test_every_output_is_checked_and_the_exact_graph_is_bit_exact_on_each(multi_io):
+    name, out, result = multi_io
+    outputs = [o.name for o in onnx.load(str(result.graphs["exact"].path)).graph.output]
+    for check in ("equivalence", "agreement", "fast_error_ratio"):
+        c = result.check(check)
+        assert c.passed, c.sentence()
+        if len(outputs) > 1:  # one figure per output, and the words say each was checked
+            assert sorted(c.figures["outputs"]) == outputs and "each checked" in c.detail
+    eq = result.check("equivalence")
+    per = eq.figures["outputs"].values() if len(outputs) > 1 else [eq.figures]
+    assert all(f["max_abs_diff"] <= EQUIVALENCE_ATOL and f["samples"] == 32 + 16 for f in per)
+    assert result.tallies["real"].samples == 16 and result.tallies["random"].samples == 32
+
+
+def test_the_exact_graph_computes_what_pytorch_int8_computes_output_by_output(multi_io):
+    """Beyond the run's own checks: the written graph, run on a new batch by its input names, gives each output
+    of PyTorch INT8 (agreement within a quantization step of the outputs' scale)."""
+    from eager2trt.runtime.backends import OnnxRunner, PyTorchRunner
+
+    name, out, result = multi_io
+    batch = multi_io_batches(name, 1, 7)[0]
+    got, want = OnnxRunner(result.graphs["exact"].path).outputs(batch), PyTorchRunner(result.int8).outputs(batch)
+    assert len(got) == len(want) == len(result.tallies["real"].output_names)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and np.abs(g - w).max() <= 0.05 * np.abs(w).max()
+
+
+def test_one_failing_output_fails_the_check_and_is_named():
+    from eager2trt.checks.compare import each_output, equivalence
+    from eager2trt.checks.tally import Stats
+
+    a = np.zeros((4, 3))
+    checks = [equivalence(Stats.of(a, a)), equivalence(Stats.of(a + 1, a))]
+    joined = each_output(checks, ["cls", "box"])
+    assert not joined.passed and joined.value == 1.0 and joined.detail.startswith("output box (of cls, box")
+    assert joined.figures["outputs"]["cls"]["max_abs_diff"] == 0.0
+    assert each_output(checks[:1], ["cls"]) is checks[0]
+
+
+def test_a_batch_with_the_wrong_number_of_inputs_is_refused_naming_them(tmp_path):
     with pytest.raises(PipelineError) as info:
-        quantize_to_tensorrt(model_class().eval(), [torch.randn(4, *shapes[0])], tmp_path)
-    assert words in str(info.value) and "\n" not in str(info.value)
+        quantize_to_tensorrt(zoo.build("two_inputs"), [torch.randn(4, 3, 16, 16)], tmp_path)
+    assert str(info.value) == ("calibration_batches[0] is a Tensor (4, 3, 16, 16), but the model takes 2 inputs (rgb, "
+                               "depth); pass each batch as a tuple of 2 tensors, or a dict keyed by those names")
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_a_dict_batch_is_read_by_forward_names(tmp_path):
+    """ModelOpt's convention: calibration data keyed by input name, in any order."""
+    batches = [{"depth": d, "rgb": r} for r, d in multi_io_batches("two_inputs", 2, 3)]
+    result = quantize_to_tensorrt(zoo.build("two_inputs"), batches, tmp_path, fast=None)
+    assert result.check("equivalence").value == 0.0

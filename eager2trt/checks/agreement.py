@@ -17,9 +17,10 @@ import numpy as np
 
 from ..contract import AGREEMENT_MIN
 from ..eager.engines import AUTO, is_faithful
-from .agreement_rule import agreement_rule, graph_activation_scales, model_activation_scales, scales_agree
-from .compare import argmax_agreement, relative_distance
+from .agreement_rule import (agreement_rule, graph_activation_scales, model_activation_scales, rule_from_distances,
+                             scales_agree)
 from .result import Check
+from .tally import Stats
 
 
 def distance_ratio(pt: np.ndarray, graph: np.ndarray, fp32: np.ndarray) -> float:
@@ -27,34 +28,32 @@ def distance_ratio(pt: np.ndarray, graph: np.ndarray, fp32: np.ndarray) -> float
     return agreement_rule(pt, graph, fp32).figures["distance_ratio"]
 
 
-def agreement(pt: np.ndarray, graph: np.ndarray, fp32: Optional[np.ndarray], real: bool, engine: Optional[str],
-              source: Optional[str] = None) -> Check:
-    """PyTorch INT8 logits vs its Q/DQ graph's (and both vs FP32's) on the same inputs.
+def agreement(pt_graph: Stats, pt_fp32: Optional[Stats], graph_fp32: Optional[Stats], real: bool,
+              engine: Optional[str], source: Optional[str] = None) -> Check:
+    """PyTorch INT8's output vs its Q/DQ graph's (and both vs FP32's) on the same inputs, from their running
+    statistics (checks/tally.py; Stats.of(pt, graph) for arrays).
 
-    With `fp32`: checks.agreement_rule (distance ratio and balance, or argmax agreement on real images; the
-    measurements behind it are in docs/agreement.md). Without: argmax agreement >= AGREEMENT_MIN (real images).
-    `engine` is the quantized engine PyTorch ran on, when known; `source` names the PyTorch side.
+    With the FP32 statistics: checks.agreement_rule (distance ratio and balance, or argmax agreement on real
+    images; the measurements behind it are in docs/agreement.md). Without: argmax agreement >= AGREEMENT_MIN (real
+    images). `engine` is the quantized engine PyTorch ran on, when known; `source` names the PyTorch side.
     """
     source = source or f"PyTorch INT8 ({engine} engine)"
-    if pt.shape != graph.shape:
-        return Check("agreement", None, "same logit shape", False,
-                     detail=f"the Q/DQ graph gives logits of shape {graph.shape[1:]}, the INT8 model {pt.shape[1:]}",
-                     fix="the graph comes from a different model; re-export it from this one")
     inputs = "real" if real else "random"
-    figures = {"inputs": inputs, "samples": int(len(pt)), "engine": engine,
-               "pytorch_vs_graph_relative": relative_distance(pt, graph), "argmax_agreement": argmax_agreement(pt, graph)}
+    figures = {"inputs": inputs, "samples": pt_graph.samples, "engine": engine,
+               "pytorch_vs_graph_relative": pt_graph.relative, "argmax_agreement": pt_graph.agreement}
     failed = None
-    if fp32 is not None:
-        verdict = agreement_rule(pt, graph, fp32, real)
-        figures.update(verdict.figures, pytorch_vs_fp32_relative=relative_distance(pt, fp32),
-                       graph_vs_fp32_relative=relative_distance(graph, fp32))
+    if pt_fp32 is not None:
+        verdict = rule_from_distances(pt_graph.distance, pt_fp32.distance, graph_fp32.distance, pt_graph.agreement,
+                                      real)
+        figures.update(verdict.figures, pytorch_vs_fp32_relative=pt_fp32.relative,
+                       graph_vs_fp32_relative=graph_fp32.relative)
         passed, value, bound, failed = verdict.passed, verdict.value, verdict.bound, verdict.failed
     else:
         passed = figures["argmax_agreement"] >= AGREEMENT_MIN
         value, bound, failed = figures["argmax_agreement"], f"argmax_agreement >= {AGREEMENT_MIN}", "ratio"
-    detail = (f"{source} vs the Q/DQ graph on {len(pt)} {inputs} inputs: argmax agreement "
+    detail = (f"{source} vs the Q/DQ graph on {pt_graph.samples} {inputs} inputs: argmax agreement "
               f"{figures['argmax_agreement']:.2%}, relative distance {figures['pytorch_vs_graph_relative']:.4f}")
-    if fp32 is not None:
+    if pt_fp32 is not None:
         detail += f", graph vs FP32 {figures['graph_vs_fp32_relative']:.4f}"
     return Check("agreement", value, bound, passed, detail=detail, fix=_fix(engine, failed), figures=figures)
 

@@ -107,7 +107,7 @@ def rewrite(args) -> pipeline.Graph:
         check_label_set(test, CIFAR10_CLASSES)
         images, labels = [x for x, _ in iterate_batches(test, 500)], test.labels
         torchscript = beside_input(args, args.torchscript, contract.INT8_TORCHSCRIPT) if fast else None
-        reference = jobs.pytorch_reference_logits(torchscript, test) if torchscript else None
+        reference = jobs.pytorch_reference(torchscript) if torchscript else None
     fp32 = beside_input(args, args.fp32, contract.FP32_ONNX) if fast else None  # float biases; the error ratio
     if fp32 is not None:
         check_interface(load_onnx(fp32), num_classes=output_width(original), name=str(fp32))

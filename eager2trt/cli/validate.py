@@ -150,7 +150,7 @@ def reference_check(args, runner, ev, test, ref: float, which: str) -> Check:
            f"from this run's graph")
     recorded = metrics.recorded_agreement(args.metrics) if which == "int8" else None
     if recorded is None:
-        return accuracy_matches("accuracy", ev.logits, test.labels, ref, f"PyTorch {which.upper()}", fix=fix)
+        return accuracy_matches("accuracy", ev.accuracy, ev.samples, ref, f"PyTorch {which.upper()}", fix=fix)
     agreement, samples = recorded
     check = same_model_accuracy_check(ev.accuracy, ref, agreement, len(test), measured_on=samples)
     return replace(check, fix=fix)

@@ -27,6 +27,7 @@ from torch.ao.quantization.observer import HistogramObserver, UniformQuantizatio
 from tqdm import tqdm
 
 from ..errors import PipelineError, require_choice
+from ..runtime.inputs import as_args, rows
 from .data import Split
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "histogram")
@@ -254,8 +255,8 @@ def calibrate(prepared: torch.nn.Module, batches: Iterable[torch.Tensor], desc: 
     seen = 0
     with torch.no_grad():
         for x in tqdm(batches, desc=desc, total=total, unit="batch", mininterval=2.0, leave=False, delay=2.0):
-            prepared(x)
-            seen += len(x)
+            prepared(*as_args(x))  # one input, or a multi-input model's tuple
+            seen += rows(x)
     if not seen:
         raise PipelineError("no calibration batches were given; pass at least one batch of real inputs")
     return seen

@@ -39,6 +39,7 @@ from torch.ao.quantization.observer import (FixedQParamsObserver, HistogramObser
                                             PlaceholderObserver, RecordingObserver)
 
 from ..errors import PipelineError
+from ..runtime.inputs import as_args, rows
 from .calibration import RangeObserver
 from .calibration import calibrate as calibrate_one
 
@@ -303,8 +304,8 @@ def _run(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
     seen = 0
     with torch.no_grad():
         for x in batches:
-            model(x)
-            seen += len(x)
+            model(*as_args(x))
+            seen += rows(x)
     return seen
 
 

@@ -16,15 +16,31 @@ from ..artifacts import save_onnx, write_bytes
 from ..contract import INPUT_NAME, OPSET, OUTPUT_NAME
 from ..errors import PipelineError
 from ..runtime.backends import is_quantized_module
+from ..runtime.inputs import as_args, output_names
 
 
-def _example(example: torch.Tensor) -> torch.Tensor:
-    """One input for tracing, the first of `example`: its CHW becomes the graph's fixed image size."""
-    if not isinstance(example, torch.Tensor) or example.dim() not in (3, 4):
+def _example(example, names: list) -> tuple:
+    """One sample for tracing, the first of `example` (a batch of one input, or a tuple or dict of several): its
+    shape becomes the graph's fixed input size."""
+    args = as_args(example, names if len(names) > 1 else ())
+    if not all(isinstance(x, torch.Tensor) and x.dim() >= 2 for x in args):
         raise PipelineError(f"the export needs an example float NCHW (or NCL) batch of the model's input size, got "
                             f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}; pass example=a "
                             f"calibration batch")
-    return example[:1].detach().cpu().float()
+    return tuple(x[:1].detach().cpu().float() for x in args)
+
+
+def io_names(model: torch.nn.Module, example: tuple) -> tuple[list, list]:
+    """The graph's input and output names: the reference's "input" and "output" for one of each; forward()'s
+    parameter names for several inputs; a dict's keys, else output0, output1, ... for several outputs."""
+    from ..inputs import forward_names
+
+    names = forward_names(model)
+    inputs = names if len(example) > 1 and len(names) == len(example) else \
+        [INPUT_NAME] if len(example) == 1 else [f"{INPUT_NAME}{i}" for i in range(len(example))]
+    with torch.no_grad():
+        out = model(*example)
+    return inputs, output_names(out, OUTPUT_NAME)
 
 
 def _quantized_chunk(g, self, chunks: int, dim: int):
@@ -120,23 +136,32 @@ def _quantized_symbolics(opset: int):
 
 
 class _InputOnly(torch.nn.Module):
-    """forward(x) for a model whose forward takes more, optional, arguments (`forward(x, targets=None)`): the
-    exporter would bind the defaults as graph inputs and fail on None."""
+    """forward(*inputs) for a model whose forward takes more, optional, arguments (`forward(x, targets=None)`): the
+    exporter would bind the defaults as graph inputs and fail on None. A dict of outputs becomes a tuple in the
+    dict's order (the graph's outputs are named for its keys)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return self.model(x)
+    def forward(self, *inputs):
+        out = self.model(*inputs)
+        return tuple(out.values()) if isinstance(out, dict) else out
 
 
-def input_only(model: torch.nn.Module) -> torch.nn.Module:
-    """`model`, or `model` wrapped so that it takes its one input alone when forward's further parameters all have
-    defaults (a required second input is a two-input model, which this wrapper would only hide)."""
-    params = list(inspect.signature(model.forward).parameters.values())[1:]
+def input_only(model: torch.nn.Module, example: tuple = ()) -> torch.nn.Module:
+    """`model`, or `model` wrapped so that it takes its required inputs alone when forward's further parameters all
+    have defaults (a required second input is a two-input model, which this wrapper would only hide), or so that a
+    dict of outputs is returned as a tuple (what tracing takes)."""
+    from ..inputs import forward_names
+
+    params = list(inspect.signature(model.forward).parameters.values())[len(forward_names(model)) or 1:]
     optional = params and all(p.default is not inspect.Parameter.empty for p in params)
-    return _InputOnly(model) if optional else model
+    returns_dict = False
+    if example and not optional:
+        with torch.no_grad():
+            returns_dict = isinstance(model(*example), dict)
+    return _InputOnly(model) if optional or returns_dict else model
 
 
 @contextlib.contextmanager
@@ -192,17 +217,21 @@ def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor, opset
     """Export FP32 or eager-quantized INT8 `model` with the TorchScript exporter (the one that emits Q/DQ);
     the file is written only once onnx.checker and onnxruntime accept it. The batch dimension is dynamic, the
     image size is `example`'s (an NCHW batch)."""
-    model = input_only(model.eval().cpu())
-    example = _example(example)
+    from ..inputs import forward_names
+
+    model = model.eval().cpu()
+    example = _example(example, forward_names(model))
+    inputs, outputs = io_names(model, example)
+    model = input_only(model, example)
     buf = io.BytesIO()
     what = "INT8" if is_quantized_module(model) else "FP32"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not actionable here
         try:
             with _quantized_symbolics(opset), _output_kept_back():
-                torch.onnx.export(model, (example,), buf, opset_version=opset, dynamo=False,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                torch.onnx.export(model, example, buf, opset_version=opset, dynamo=False,
+                                  input_names=inputs, output_names=outputs,
+                                  dynamic_axes={n: {0: "batch"} for n in inputs + outputs})
         except PipelineError:  # a symbolic of ours refused, in its own sentence
             raise
         except Exception as exc:  # the exporter raises SymbolicValueError, UnsupportedOperatorError, RuntimeError...
@@ -216,7 +245,11 @@ def export_torchscript(model: torch.nn.Module, path: Path, example: torch.Tensor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            traced = torch.jit.trace(input_only(model.eval().cpu()), _example(example))
+            from ..inputs import forward_names
+
+            model = model.eval().cpu()
+            args = _example(example, forward_names(model))
+            traced = torch.jit.trace(input_only(model, args), args)
         except Exception as exc:  # tracing raises RuntimeError, TypeError... for what it cannot record
             raise PipelineError(f"TorchScript cannot trace the INT8 model ({str(exc).strip().splitlines()[0][:160]});"
                                 f" make forward() take the input tensor and return one tensor") from None

@@ -9,7 +9,7 @@ from torchvision.models import quantization as qmodels
 
 from ..contract import FP32_STATE, FUSE_ATOL, FUSE_RTOL, INT8_TORCHSCRIPT  # the reference's fused-vs-unfused check
 from ..errors import PipelineError, require_choice
-from ..runtime.inputs import random_batches
+from ..runtime.inputs import as_args, as_outputs, random_batches
 
 # Every torchvision quantizable classifier, plus CIFAR-stem variants (suffix _cifar) for 32x32 inputs.
 ARCHS = ("resnet18", "resnet50", "resnext101_32x8d", "mobilenet_v2", "mobilenet_v2_cifar", "mobilenet_v3_large",
@@ -133,40 +133,46 @@ def fuse(model: torch.nn.Module, input_shape: tuple, num_checks: int = 4,
          seed: int = 0) -> tuple[torch.nn.Module, float]:
     """Return a fused copy (conv+bn+relu, conv+bn, downsample) and its max abs deviation.
 
-    `input_shape` is one input's CHW (e.g. a calibration batch's shape[1:]): the model's own input size, which
-    only the caller knows. Raises when fused and unfused outputs differ beyond the reference's rtol/atol on
-    random inputs of that shape.
+    `input_shape` is one input's CHW (e.g. a calibration batch's shape[1:]), or a tuple of each input's for a
+    model with several: the model's own input size, which only the caller knows. Raises when fused and unfused
+    outputs (every one of them) differ beyond the reference's rtol/atol on random inputs of that shape.
     """
     model = model.eval()
     fused = copy.deepcopy(model)
     fused.fuse_model()  # torchvision: fuses every block in place, numerics unchanged
-    x = random_batches((num_checks, *input_shape), 1, seed)[0]
+    several = bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+    shape = [(num_checks, *s) for s in input_shape] if several else (num_checks, *input_shape)
+    x = as_args(random_batches(shape, 1, seed)[0])
     with torch.no_grad():
         try:
-            ref = model(x)
+            ref = as_outputs(model(*x))
         except RuntimeError as exc:  # e.g. "Output size is too small" for an image below the model's minimum
             raise PipelineError(f"the FP32 model cannot run inputs of shape {tuple(input_shape)} "
                                 f"({str(exc).splitlines()[0][:120]}); pass inputs of the size the model "
                                 f"was built for") from None
-        if not isinstance(ref, torch.Tensor):
-            # several outputs (a detector's class logits and boxes) are open work (issue 23): say so, and never
-            # advise dropping a head
-            raise PipelineError(f"the model returns a {type(ref).__name__}, not one tensor: models with several "
-                                f"outputs are not supported yet; wrap it so that forward() returns one output and "
-                                f"convert each head that way")
-        if not torch.isfinite(ref).all():
-            raise PipelineError("the model computes values that are not finite (NaN or inf) on random inputs, "
-                                "before fusion; check its weights (eager2trt.inputs.check_model names the tensors)")
-        out = fused(x)
-    max_abs = (ref - out).abs().max().item()
+        _check_outputs(ref)
+        out = as_outputs(fused(*x))
+    max_abs = max((r - o).abs().max().item() for r, o in zip(ref, out))
     # Folding BatchNorm into float32 weights changes each layer by float32 rounding of its own activations, so the
     # error of a near-zero logit scales with the largest ones (random ResNet50 at 32 px: 8e-4 beside logits of 267,
     # 4e-6 relative): the absolute tolerance grows with the output's magnitude; a wrong fusion is off by O(that).
-    atol = FUSE_ATOL + FUSE_RTOL * ref.abs().max().item()
-    if not torch.allclose(out, ref, rtol=FUSE_RTOL, atol=atol):
-        raise PipelineError(f"fused model deviates from the unfused one by up to {max_abs:.3g} "
-                            f"(rtol {FUSE_RTOL}, atol {atol:.3g}); the model is not fusable as-is")
+    for r, o in zip(ref, out):
+        atol = FUSE_ATOL + FUSE_RTOL * r.abs().max().item()
+        if not torch.allclose(o, r, rtol=FUSE_RTOL, atol=atol):
+            raise PipelineError(f"fused model deviates from the unfused one by up to {max_abs:.3g} "
+                                f"(rtol {FUSE_RTOL}, atol {atol:.3g}); the model is not fusable as-is")
     return fused, max_abs
+
+
+def _check_outputs(outputs: list) -> None:
+    """Every output a float tensor (a tuple or dict of them for several heads), finite on random inputs."""
+    for i, o in enumerate(outputs):
+        if not isinstance(o, torch.Tensor):
+            raise PipelineError(f"output {i} of the model is a {type(o).__name__}, not a tensor; return a tensor, or "
+                                f"a tuple or dict of tensors (one per head)")
+        if not torch.isfinite(o).all():
+            raise PipelineError("the model computes values that are not finite (NaN or inf) on random inputs, "
+                                "before fusion; check its weights (eager2trt.inputs.check_model names the tensors)")
 
 
 def load_factory(spec: str):

@@ -13,7 +13,7 @@ from . import distributed
 from .engines import DEFAULT_ENGINE, candidate_engines, computes_conv_transpose, notice
 from .layers import CONV_TRANSPOSE, find_islands, has_conv_transpose, wrap_islands
 from .quiet import quantized_api
-from ..runtime.inputs import peek
+from ..runtime.inputs import as_args, head, peek
 
 ACTIVATION_DTYPES = {"quint8": torch.quint8, "qint8": torch.qint8}
 # minmax and histogram are torch.ao's own observers; the outlier-robust ranges are eager/calibration.py's.
@@ -127,7 +127,7 @@ def quantize(fused: torch.nn.Module, calib_batches: Iterable[torch.Tensor], acti
         example, calib_batches = peek(calib_batches, "calib_batches")
         # one process: calibration.calibrate; under torchrun each rank's share, observers merged across ranks
         distributed.calibrate(prepared, calib_batches, desc=f"calibrating ({calibration})")
-        int8 = _convert_on_a_faithful_engine(prepared, example[:1], candidates, activation_dtype, calibration,
+        int8 = _convert_on_a_faithful_engine(prepared, head(example, 1), candidates, activation_dtype, calibration,
                                              percentile, holdout, auto_methods)
     int8.float_islands = islands  # module paths in the float model, reported by the pipeline
     return int8
@@ -188,7 +188,7 @@ def _run_failure(int8: torch.nn.Module, example: torch.Tensor) -> Optional[str]:
                        m.register_forward_hook(leave))]
     try:
         with torch.no_grad():
-            int8(example)
+            int8(*as_args(example))
         return None
     except (RuntimeError, NotImplementedError) as exc:
         where = f"in {open_modules[-1]}" if open_modules else "in the model's own forward()"

@@ -29,6 +29,7 @@ from .engines import AUTO, candidate_engines
 from .model import fuse
 from .quantize import prepare_for
 from .quiet import quantized_api
+from ..runtime.inputs import as_args, as_outputs
 
 # quint8 zero point 128 maps exactly to int8 zero point 0 (graph/surgery.py int8_zero_points); qint8 0 is int8 0
 SYMMETRIC_ZERO_POINTS = {torch.quint8: 128, torch.qint8: 0}
@@ -257,8 +258,10 @@ def _fused(float_twin: torch.nn.Module, example: torch.Tensor) -> torch.nn.Modul
 
 
 def _logits(model: torch.nn.Module, batches: list) -> np.ndarray:
+    """The model's outputs on `batches`, all outputs of a multi-output model flattened side by side per sample."""
     with torch.no_grad(), quantized_api():
-        return np.concatenate([model(x).float().numpy() for x in batches])
+        return np.concatenate([np.concatenate([o.float().reshape(len(o), -1).numpy()
+                                               for o in as_outputs(model(*as_args(x)))], axis=1) for x in batches])
 
 
 def load_int8_model(path, engine: str = AUTO) -> torch.nn.Module:

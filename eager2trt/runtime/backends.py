@@ -8,7 +8,7 @@ figure (accuracy, equivalence, agreement) comes from the same code. `quantized` 
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 import onnx
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..eager.quiet import quantized_api
 from ..errors import PipelineError
+from .inputs import as_args, as_outputs, numpy_feed
 from .timing import measure, summarize
 
 
@@ -46,6 +47,14 @@ class PyTorchRunner:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), quantized_api():
             return self.model(x).float()
+
+    def outputs(self, batch) -> list[np.ndarray]:
+        """Every output on a batch of one or several inputs (a tensor, tuple or dict), as CPU float32 arrays."""
+        from ..inputs import forward_names
+
+        args = [x.to(self.device, non_blocking=True) for x in as_args(batch, forward_names(self.model))]
+        with torch.no_grad(), quantized_api():
+            return [o.float().cpu().numpy() for o in as_outputs(self.model(*args))]
 
     def benchmark(self, batch: int, runs: int, image_shape: tuple) -> dict:
         x = torch.randn(batch, *image_shape)
@@ -102,6 +111,7 @@ class OnnxRunner:
         self.quantized = is_quantized(proto)
         self.session = ort_session(proto, optimize=optimize, threads=threads)
         self.input = self.session.get_inputs()[0].name
+        self.inputs = [i.name for i in self.session.get_inputs()]
 
     def describe(self) -> list[dict]:
         return [{"name": t.name, "mode": mode, "shape": t.shape, "dtype": t.type, "format": "NCHW (linear)"}
@@ -113,6 +123,10 @@ class OnnxRunner:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input: x.cpu().numpy()})[0])
+
+    def outputs(self, batch) -> list[np.ndarray]:
+        """Every graph output on a batch of one or several inputs, in graph order."""
+        return self.session.run(None, numpy_feed(self.inputs, batch))
 
     def benchmark(self, batch: int, runs: int, image_shape: tuple) -> dict:
         x = torch.randn(batch, *image_shape)
@@ -193,6 +207,23 @@ def logits(runner, batches: Iterable, desc: str = None) -> np.ndarray:
         out.append(runner(torch.as_tensor(np.asarray(b, dtype=np.float32)) if not isinstance(b, torch.Tensor)
                           else b).cpu().float().numpy())
     return np.concatenate(out)
+
+
+def run_together(runners: dict, data: Iterable, pairs: list, metric=None, desc: str = "models",
+                 names: Optional[list] = None):
+    """Every runner on each batch of `data` ((inputs, labels or None) pairs), in lockstep: each batch is read once
+    and what the checks need is added to a Tally (checks/tally.py) for each (candidate, reference) of `pairs` and,
+    with labels, each model's score. No output is kept, so memory does not grow with the data. `names`: the
+    outputs' names, for the checks' words."""
+    from ..checks.tally import Tally
+
+    tally = Tally(list(names or []))
+    for batch, labels in tqdm(data, desc=desc, unit="batch", leave=False, delay=2.0):
+        outputs = {name: [np.asarray(o, np.float32) for o in runner.outputs(batch)] for name, runner in runners.items()}
+        tally.add(outputs, pairs, labels, metric)
+    if not tally.samples:
+        raise PipelineError("the data to evaluate on holds no batches; pass at least one batch of real inputs")
+    return tally
 
 
 @dataclass

@@ -1,0 +1,191 @@
+"""Running statistics of models' outputs on the same inputs, batch by batch: what every check reads, in constant
+memory (no output array is kept, so 50,000 ImageNet images cost what 1,000 do).
+
+Stats compares a candidate's output with a reference's (one output of each): sums of squares and absolute values,
+the maximum difference and argmax agreement (over the class or channel dimension, per pixel for segmentation
+maps). Score holds one model's labelled figures: top-1 (per pixel when the labels are maps), the confusion matrix
+for mIoU on label maps, and a user metric. Tally holds both for a run, keyed by model names and outputs.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import PipelineError
+
+
+def _argmax(x: np.ndarray) -> np.ndarray:
+    return x.argmax(1) if x.ndim >= 2 else np.zeros(len(x), np.int64)
+
+
+@dataclass
+class Stats:
+    """One output of `candidate` against the same output of `reference`, on the same samples."""
+
+    samples: int = 0
+    values: int = 0
+    positions: int = 0  # argmax positions: samples x spatial positions
+    same_argmax: int = 0
+    sq_diff: float = 0.0
+    sq_reference: float = 0.0
+    abs_diff: float = 0.0
+    max_abs: float = 0.0
+
+    def add(self, candidate: np.ndarray, reference: np.ndarray) -> "Stats":
+        c, r = np.asarray(candidate, np.float64), np.asarray(reference, np.float64)
+        if c.shape != r.shape:
+            raise PipelineError(f"two computations of one model give outputs of shapes {c.shape[1:]} and "
+                                f"{r.shape[1:]}: the graph comes from a different model; re-export it from this one")
+        d = c - r
+        self.samples += len(c)
+        self.values += d.size
+        agree = _argmax(c) == _argmax(r)
+        self.positions += agree.size
+        self.same_argmax += int(agree.sum())
+        self.sq_diff += float((d * d).sum())
+        self.sq_reference += float((r * r).sum())
+        self.abs_diff += float(np.abs(d).sum())
+        self.max_abs = max(self.max_abs, float(np.abs(d).max()) if d.size else 0.0)
+        return self
+
+    @classmethod
+    def of(cls, candidate: np.ndarray, reference: np.ndarray) -> "Stats":
+        return cls().add(candidate, reference)
+
+    def merged(self, other: "Stats") -> "Stats":
+        """Both sets of samples together (e.g. random and real inputs)."""
+        return Stats(self.samples + other.samples, self.values + other.values, self.positions + other.positions,
+                     self.same_argmax + other.same_argmax, self.sq_diff + other.sq_diff,
+                     self.sq_reference + other.sq_reference, self.abs_diff + other.abs_diff,
+                     max(self.max_abs, other.max_abs))
+
+    @property
+    def distance(self) -> float:
+        """||candidate - reference|| over every value (Frobenius norm)."""
+        return math.sqrt(self.sq_diff)
+
+    @property
+    def relative(self) -> float:
+        """||candidate - reference|| / ||reference||."""
+        return self.distance / max(math.sqrt(self.sq_reference), 1e-12)
+
+    @property
+    def mean_abs(self) -> float:
+        return self.abs_diff / max(self.values, 1)
+
+    @property
+    def agreement(self) -> float:
+        """The fraction of samples (positions, for maps) on which both pick the same class."""
+        return self.same_argmax / max(self.positions, 1)
+
+
+def _metric(metric: Callable, outputs: list, labels) -> float:
+    """The user's metric on one batch, as a float; its failure told in one sentence."""
+    name = getattr(metric, "__name__", type(metric).__name__)
+    try:
+        value = float(metric([torch.from_numpy(np.asarray(o)) for o in outputs], labels))
+    except Exception as exc:  # the user's code: any exception type
+        raise PipelineError(f"metric {name}(outputs, labels) fails on a batch ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}); it takes a list of "
+                            f"output tensors and the batch's labels and returns a float") from None
+    if not math.isfinite(value):
+        raise PipelineError(f"metric {name}(outputs, labels) returned {value}; return a finite float, higher is better")
+    return value
+
+
+@dataclass
+class Score:
+    """One model's figures against labels: top-1 of the labelled output (per pixel when labels are maps), mIoU over
+    the confusion matrix for label maps (labels outside 0..C-1, e.g. 255, are ignored), and the mean of a user
+    `metric(outputs, labels)` weighted by samples."""
+
+    correct: int = 0
+    counted: int = 0
+    confusion: Optional[np.ndarray] = None
+    metric_sum: float = 0.0
+    metric_samples: int = 0
+
+    def add(self, outputs: list, labels: torch.Tensor, metric: Optional[Callable] = None) -> None:
+        out, y = np.asarray(outputs[0]), np.asarray(torch.as_tensor(labels).cpu())
+        pred = _argmax(out)
+        if metric is None or y.shape == pred.shape or y.shape == (len(out),):
+            self._add_top1(out, pred, y.astype(np.int64))
+        if metric is not None:
+            n = len(out)
+            self.metric_sum += _metric(metric, outputs, labels) * n
+            self.metric_samples += n
+
+    def _add_top1(self, out: np.ndarray, pred: np.ndarray, y: np.ndarray) -> None:
+        if y.ndim >= 2:  # label maps: count valid pixels only
+            classes = out.shape[1]
+            valid = (y >= 0) & (y < classes)
+            self.correct += int((pred[valid] == y[valid]).sum())
+            self.counted += int(valid.sum())
+            cm = np.bincount(y[valid] * classes + pred[valid], minlength=classes * classes)
+            cm = cm.reshape(classes, classes)
+            self.confusion = cm if self.confusion is None else self.confusion + cm
+        else:
+            self.correct += int((pred == y.reshape(-1)).sum())
+            self.counted += len(y)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.counted, 1)
+
+    @property
+    def miou(self) -> Optional[float]:
+        if self.confusion is None:
+            return None
+        inter = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - inter
+        present = union > 0
+        return float((inter[present] / union[present]).mean()) if present.any() else None
+
+    @property
+    def metric(self) -> Optional[float]:
+        return self.metric_sum / self.metric_samples if self.metric_samples else None
+
+    def value(self) -> float:
+        """The figure guards hold: the user metric when given, else top-1."""
+        return self.metric if self.metric is not None else self.accuracy
+
+    def figures(self) -> dict:
+        return {"top1": self.accuracy, "counted": self.counted, "miou": self.miou, "metric": self.metric}
+
+
+@dataclass
+class Tally:
+    """A run's statistics: stats[(candidate, reference)][output index] and scores[model], plus the output names and
+    the number of samples seen."""
+
+    output_names: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
+    samples: int = 0
+
+    def pair(self, candidate: str, reference: str) -> list[Stats]:
+        return self.stats[(candidate, reference)]
+
+    def add(self, outputs: dict, pairs: list, labels=None, metric: Optional[Callable] = None) -> None:
+        """One batch: `outputs` = model name -> list of output arrays (same inputs)."""
+        for cand, ref in pairs:
+            if cand in outputs and ref in outputs:
+                per = self.stats.setdefault((cand, ref), [Stats() for _ in outputs[ref]])
+                if len(outputs[cand]) != len(per):
+                    raise PipelineError(f"the {cand} model gives {len(outputs[cand])} outputs, the {ref} model "
+                                        f"{len(per)}: they are different models; re-export from this one")
+                for s, c, r in zip(per, outputs[cand], outputs[ref]):
+                    s.add(c, r)
+        if labels is not None:
+            for name, outs in outputs.items():
+                self.scores.setdefault(name, Score()).add(outs, labels, metric)
+        self.samples += len(next(iter(outputs.values()))[0])
+
+    def merged(self, other: "Tally") -> "Tally":
+        """Two input sets' statistics together (scores are the first's: labels are on real images only)."""
+        stats = {k: [a.merged(b) for a, b in zip(v, other.stats[k])] if k in other.stats else v
+                 for k, v in self.stats.items()}
+        return Tally(self.output_names, stats, self.scores or other.scores, self.samples + other.samples)
