@@ -170,7 +170,7 @@ def main(args) -> None:
             print(f"{arch}: done in {rows[-1]['seconds']} s", flush=True)
         if args.checkpoint:
             rows += trained_row(args, Path(tmp))
-    command = (f"python bench/agreement.py --archs {' '.join(args.archs)} --size {args.size} --samples {args.samples}"
+    command = (f"python -m bench.agreement --archs {' '.join(args.archs)} --size {args.size} --samples {args.samples}"
                + (f" --checkpoint {args.checkpoint}" if args.checkpoint else ""))
     record = {"command": command,
               "environment": environment(), "rows": rows}

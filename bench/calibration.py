@@ -1,6 +1,6 @@
 """Calibration methods side by side: PyTorch INT8 accuracy at 20 and 100 batches, and the cost of calibrating.
 
-    python bench/calibration.py --arch resnet18 --checkpoint saved_models/resnet_cifar10.pt --cost-images 2560 50000
+    python -m bench.calibration --arch resnet18 --checkpoint saved_models/resnet_cifar10.pt --cost-images 2560 50000
 
 Accuracy: one calibration pass (RangeObserver with PyTorch's HistogramObserver inside, so every method sees the
 same images) over 100 un-augmented training batches of 128, snapshotted after 20; each method converted from it
@@ -154,7 +154,7 @@ def markdown(args, rows: list, costs: list, env: dict) -> str:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {c['observer']} | {c['images']} | {c['seconds']:.1f} | {c['peak_rss_mib']:.0f} | "
                   f"{c['rss_before_calibration_mib']:.0f} | {c['observer_state_bytes'] / 1024:.0f} |" for c in costs]
-    lines += ["", f"Command: `python bench/calibration.py {' '.join(sys.argv[1:])}`. Machine: {env['cpu']}, "
+    lines += ["", f"Command: `python -m bench.calibration {' '.join(sys.argv[1:])}`. Machine: {env['cpu']}, "
               f"{args.threads} thread(s), torch {env['torch']}."]
     return "\n".join(lines) + "\n"
 

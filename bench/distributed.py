@@ -164,7 +164,7 @@ def main(args) -> dict:
               "steps": args.steps, "warmup": args.warmup, "device": args.device,
               "backend": "nccl" if args.device == "cuda" else "gloo", "threads_per_process": args.threads,
               "gpus": torch.cuda.device_count(), "environment": environment(),
-              "command": "python bench/distributed.py " + " ".join(
+              "command": "python -m bench.distributed " + " ".join(
                   f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                   for k, v in vars(args).items())}
     write_json(args.output_dir / "distributed.json", record)

@@ -138,7 +138,7 @@ def main(args) -> int:
             size = args.inception_size if arch == "inception_v3" else args.size
             rows.append(run_model(arch, size, Path(tmp) / arch, batch=args.batch).row)
             print(f"{arch}: {rows[-1]['seconds']} s{' (FAILED)' if failed(rows[-1]) else ''}", flush=True)
-    command = (f"python bench/generality.py --archs {' '.join(args.archs)} --size {args.size} "
+    command = (f"python -m bench.generality --archs {' '.join(args.archs)} --size {args.size} "
                f"--inception-size {args.inception_size} --batch {args.batch} --threads {args.threads}")
     config = {"calibration": CONFIG.calibration, "engine": CONFIG.engine, "fast": "fp32"}
     write_json(args.output_dir / f"{args.name}.json",

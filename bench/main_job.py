@@ -1,6 +1,6 @@
 """The main job two ways in one run, same machine and data: the old script sequence vs the one-process job.
 
-    python bench/main_job.py --data-dir ../shared/cifar10 [--old-commit bb9f9eb] [--calib-batches N]
+    python -m bench.main_job --data-dir ../shared/cifar10 [--old-commit bb9f9eb] [--calib-batches N]
 
 "old": the seven-process sequence of an earlier commit's scripts/run_pipeline.sh (resnet_torch.py, onnx_gs.py
 exact and fast, the FP16 conversion, two resnet_tensorrt.py validations), each stage timed, run from a

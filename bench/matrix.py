@@ -1,11 +1,11 @@
 """The PTQ matrix of issue 15: train CIFAR-10 models on the GPU, then score every calibration method on CPU.
 
-    python bench/matrix.py train --arch mobilenet_v2 --out runs/     # GPU: runs/mobilenet_v2.pt (+ history)
-    python bench/matrix.py evaluate --arch mobilenet_v2 --out runs/  # CPU: runs/mobilenet_v2.json
-    python bench/matrix.py qat --arch mobilenet_v2 --out runs/       # GPU: runs/mobilenet_v2_qat.json
-    python bench/matrix.py modelopt --arch mobilenet_v2 --out runs/ --modelopt-python V/bin/python  # CPU
-    python bench/matrix.py graphs --arch mobilenet_v2 --out runs/    # CPU: fast graph and fallback again
-    python bench/matrix.py report runs/*.json --output bench/results/matrix_h200
+    python -m bench.matrix train --arch mobilenet_v2 --out runs/     # GPU: runs/mobilenet_v2.pt (+ history)
+    python -m bench.matrix evaluate --arch mobilenet_v2 --out runs/  # CPU: runs/mobilenet_v2.json
+    python -m bench.matrix qat --arch mobilenet_v2 --out runs/       # GPU: runs/mobilenet_v2_qat.json
+    python -m bench.matrix modelopt --arch mobilenet_v2 --out runs/ --modelopt-python V/bin/python  # CPU
+    python -m bench.matrix graphs --arch mobilenet_v2 --out runs/    # CPU: fast graph and fallback again
+    python -m bench.matrix report runs/*.json --output bench/results/matrix_h200
 
 evaluate: one calibration pass (RangeObserver with PyTorch's HistogramObserver inside) on a fixed random subset
 of the training images, every method converted from it, `auto` choosing by top-1 on held-out training images
@@ -39,7 +39,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from anchors import run_modelopt  # bench/ is sys.path[0] when run as a script
+from bench.anchors import run_modelopt
 from eager2trt.artifacts import atomic_path, save_torch, write_json
 from eager2trt.checks.agreement import distance_ratio
 from eager2trt.checks.compare import argmax_agreement, relative_distance

@@ -18,12 +18,12 @@ qat_epochs=${QAT_EPOCHS:-3}
 mkdir -p "$runs/parts"
 one_model() {
     local a=$1
-    python3 bench/matrix.py train --arch "$a" --out "$runs" --data-dir "$data" > "$runs/$a.train.log" 2>&1 || {
+    python3 -m bench.matrix train --arch "$a" --out "$runs" --data-dir "$data" > "$runs/$a.train.log" 2>&1 || {
         echo "train failed" > "$runs/$a.done"; return; }
     (cd "$runs/parts" && split -b 15M -d "../$a.pt" "$a.pt.part-")
-    OMP_NUM_THREADS=$threads python3 bench/matrix.py qat --arch "$a" --out "$runs" --data-dir "$data" \
+    OMP_NUM_THREADS=$threads python3 -m bench.matrix qat --arch "$a" --out "$runs" --data-dir "$data" \
         --threads "$threads" --qat-epochs "$qat_epochs" > "$runs/$a.qat.log" 2>&1 &
-    OMP_NUM_THREADS=$threads python3 bench/matrix.py evaluate --arch "$a" --out "$runs" --data-dir "$data" \
+    OMP_NUM_THREADS=$threads python3 -m bench.matrix evaluate --arch "$a" --out "$runs" --data-dir "$data" \
         --threads "$threads" > "$runs/$a.evaluate.log" 2>&1
     wait
     echo ok > "$runs/$a.done"

@@ -1,6 +1,6 @@
 """Models quantized with torch.ao's default qconfigs, brought to TensorRT's symmetric scheme: the error it adds.
 
-    python bench/requantize.py --checkpoint saved_models/resnet_cifar10.pt --data-dir ../shared/cifar10
+    python -m bench.requantize --checkpoint saved_models/resnet_cifar10.pt --data-dir ../shared/cifar10
 
 For each of --qconfigs, the shipped ResNet18 is converted as a user would (fuse_model, get_default_qconfig(name),
 prepare, calibrate on --calib-images random training images, convert, on the engine of that name), then handed to
@@ -83,7 +83,7 @@ def row(name: str, fp32, calib: list, test: list, labels, user) -> dict:
 
 def markdown(rows: list, env: dict, args) -> str:
     lines = ["# Default qconfigs re-derived in the symmetric scheme (ResNet18, CIFAR-10)", "",
-             f"`python bench/requantize.py --calib-images {args.calib_images} --test-images {args.test_images}`; "
+             f"`python -m bench.requantize --calib-images {args.calib_images} --test-images {args.test_images}`; "
              f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, onnxruntime {env.get('onnxruntime')}, "
              f"{args.threads} thread(s).", "",
              "| qconfig | user INT8 (its engine) | re-derived INT8 (engine) | exact graph | fast graph | FP32 | "

@@ -1,13 +1,14 @@
 """The user-model zoo (tests/zoo.py: UNet, FPN, ASPP, squeeze-excite, 1-D CNN, PixelShuffle, one model per
-activation, standalone BatchNorm, .squeeze(), forward(x, targets=None)) through quantize_to_tensorrt, as one table.
+activation, standalone BatchNorm, .squeeze(), forward(x, targets=None), a two-output detector, a two-input model)
+through quantize_to_tensorrt, as one table.
 
-Each single-input / single-output model runs as a user would call it (seeded random weights and calibration, no
+Each model runs as a user would call it (seeded random weights and calibration, no
 labels, QuantizeConfig(calibration="percentile", engine="auto"), fast="fp32"); the pipeline's own checks decide and
 bench/generality.py's row_of reads the result into a row, plus the float islands (eager/layers.py) the run made.
 A PipelineError is a row "FAILED: <sentence>" and the command exits 2. Writes OUTPUT_DIR/NAME.{json,md}; prints
 the table last.
 
-    python bench/zoo.py [--models unet_convtranspose fpn_nearest_add ...]
+    python -m bench.zoo [--models unet_convtranspose fpn_nearest_add ...]
 """
 
 import argparse
@@ -32,7 +33,7 @@ COLUMNS = ("model", "input", "exact", "fast", "float_islands", "fusable_adds", "
 def run_model(name: str, work: Path) -> dict:
     """One zoo model through quantize_to_tensorrt into `work`, as a table row."""
     t0 = time.time()
-    shape = "x".join(map(str, zoo.ZOO[name][1]))
+    shape = zoo.input_words(name)
     try:
         result = quantize_to_tensorrt(zoo.build(name), zoo.calibration(name), work, CONFIG, fast="fp32")
         row = row_of(name, shape, result)
@@ -45,7 +46,7 @@ def run_model(name: str, work: Path) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(zoo.ZOO), help="zoo models (default: all)")
+    p.add_argument("--models", nargs="+", default=[*zoo.ZOO, *zoo.MULTI_IO], help="zoo models (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--output-dir", type=Path, default=Path("bench/results"), help="where the table and JSON go")
     p.add_argument("--name", default="zoo_cpu2", help="file stem of the .json and .md written (default: zoo_cpu2)")
@@ -54,11 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> int:
     for name in args.models:
-        require_choice("--models", name, zoo.ZOO)
+        require_choice("--models", name, {**zoo.ZOO, **zoo.MULTI_IO})
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_model(name, Path(tmp) / name) for name in args.models]
-    command = f"python bench/zoo.py --models {' '.join(args.models)} --threads {args.threads}"
+    command = f"python -m bench.zoo --models {' '.join(args.models)} --threads {args.threads}"
     env = environment()
     write_json(args.output_dir / f"{args.name}.json", {"command": command, "environment": env, "rows": rows})
     text = table(rows, COLUMNS)

@@ -279,6 +279,7 @@ def refuse_same_file(inputs: Paths, outputs: Paths, overwrite: bool = False,
 
 RUN_MARKER = ".eager2trt.run-in-progress"
 PREVIOUS_RUN = "previous-run"
+_HELD: set = set()  # output folders a fresh_run of this process holds: a nested one is part of the outer run
 
 
 @contextlib.contextmanager
@@ -293,8 +294,23 @@ def fresh_run(output_dir: Path, names: Iterable[str],
     interrupted holds that run's partial artifacts only; they are deleted, the earlier complete run stays aside.
     A run that finished but failed a check (`keep_previous()` true at the end) leaves its checked files and keeps
     the earlier run aside: neither is thrown away.
+
+    Nested for the same folder (the main job holds one around the pipeline's, so that its FP16 ONNX and
+    metrics.json are part of the run) the inner block does nothing: the outer one decides.
     """
     d = Path(output_dir)
+    key = d.resolve()
+    if key in _HELD:
+        yield None
+        return
+    _HELD.add(key)
+    try:
+        yield from _fresh_run(d, names, keep_previous)
+    finally:
+        _HELD.discard(key)
+
+
+def _fresh_run(d: Path, names: Iterable[str], keep_previous: Optional[Callable[[], bool]]) -> Iterator[Optional[Path]]:
     marker, aside = d / RUN_MARKER, d / PREVIOUS_RUN
     names = list(names)
     try:

@@ -79,6 +79,17 @@ def held_out(images, labels, data, model: torch.nn.Module, shape: tuple) -> Opti
     return HeldOut(_ListPairs(images, torch.as_tensor(labels)), True, "images", model, shape)
 
 
+class SplitBatches:
+    """A data set's (images, labels) batches in stored order, read again on every pass: anything with
+    `batches(batch_size)` (a CIFAR-10 Split, an image folder's FolderSplit, whose DataLoader decodes with workers)."""
+
+    def __init__(self, split, batch_size: int):
+        self.split, self.batch_size = split, batch_size
+
+    def __iter__(self):
+        return iter(self.split.batches(self.batch_size))
+
+
 class _ListPairs:
     """A list of batches and all their labels as (batch, labels) pairs, split by the batches' sizes."""
 

@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 
 from . import contract
-from .artifacts import refuse_overwrite, save_torch, write_json
+from .artifacts import fresh_run, refuse_overwrite, save_torch, write_json
+from .checks.result import CheckFailed
 from .calib_files import FileData, array_batches, load_array_file, load_script_data
 from .contract import ArtifactPaths
 from .eager import distributed
@@ -25,11 +26,12 @@ from .eager.folders import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Pres
 from .eager.model import build_model, build_user_model, load_state_dict
 from .inputs import check_model
 from .eager.requantize import load_int8_model
+from .heldout import SplitBatches
 from .eager.train import Recipe, check_trained, seed_everything, train
 from .pipeline import PipelineResult, QuantizeConfig, quantize_to_tensorrt, write_fp16
 from .reports import metrics
 from .reports.plots import plot_training
-from .runtime.backends import PyTorchRunner, evaluate
+from .runtime.backends import PyTorchRunner
 from .runtime.timing import cpu_latencies, environment
 
 
@@ -226,8 +228,9 @@ def main_job(opts: JobOptions) -> dict:
     name = default_name(opts, data["cifar10"])
     paths = ArtifactPaths(opts.output_dir, name)
     test = data["test"]
-    images = [x for x, _ in test.batches(500)]
-    given = calibration_file(opts, tuple(images[0].shape[1:]))  # a bad file stops the run before training
+    example = next(iter(test.batches(1)))[0]
+    given = calibration_file(opts, tuple(example.shape[1:]))  # a bad file stops the run before training
+    evaluation = SplitBatches(test, 500)  # streamed: read on each pass, never held (heldout.py)
     fp32, training = fp32_model(opts, data)
     calib, holdout = calibration_data(data["train"], opts, given)
     int8, twin, qat = None, None, None
@@ -236,12 +239,25 @@ def main_job(opts: JobOptions) -> dict:
         int8, twin, qat = qat_model(fp32, calib, holdout, data, opts)
     elif opts.int8_model is not None:
         int8 = load_int8_model(opts.int8_model, opts.quantization.engine)
-    result = quantize_to_tensorrt(fp32, calib, opts.output_dir, opts.quantization, images=images, labels=test.labels,
-                                  fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout,
-                                  fallback=opts.fallback, int8=int8, float_twin=twin, name=name)
-    extra = write_fp16(paths.fp32_onnx, paths.fp16_onnx, images, test.labels, result.accuracy["fp32"],
-                       "PyTorch FP32") if opts.fp16 else []
-    example = images[0][:1]
+    failed = []  # the pipeline's CheckFailed: its checked graphs stay, the earlier run stays aside (fresh_run)
+    # one run of files: the FP16 ONNX and metrics.json are replaced together with the graphs, or not at all
+    with fresh_run(opts.output_dir, paths.run_artifacts(), keep_previous=lambda: bool(failed)):
+        try:
+            result = quantize_to_tensorrt(fp32, calib, opts.output_dir, opts.quantization, data=evaluation,
+                                          fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout,
+                                          fallback=opts.fallback, int8=int8, float_twin=twin, name=name)
+        except CheckFailed as exc:
+            failed.append(exc)
+        else:
+            return _finish(result, opts, paths, evaluation, example, training, qat, data, name, t_start)
+    raise failed[0]
+
+
+def _finish(result: PipelineResult, opts: JobOptions, paths: ArtifactPaths, evaluation, example, training: dict,
+            qat: Optional[dict], data: dict, name: Optional[str], t_start: float) -> dict:
+    """After the pipeline: the FP16 ONNX, latencies, and metrics.json (inside the main job's run of files)."""
+    extra = write_fp16(paths.fp32_onnx, paths.fp16_onnx, fp32_accuracy=result.accuracy["fp32"],
+                       reference_name="PyTorch FP32", data=evaluation) if opts.fp16 else []
     latency = cpu_latencies({"fp32": result.fp32, "int8": result.int8, "int8_torchscript": result.int8_torchscript},
                             example, opts.latency_runs)
     if torch.cuda.is_available():
@@ -250,7 +266,7 @@ def main_job(opts: JobOptions) -> dict:
         result.fp32.cpu()
     record = record_of(result, opts, training, latency, extra, time.perf_counter() - t_start, qat)
     record["pytorch"]["data"] = {"kind": data["kind"], "classes": data["classes"], "name": name,
-                                 "input_shape": list(images[0].shape[1:]), "calibration_source": _calib_source(opts)}
+                                 "input_shape": list(example.shape[1:]), "calibration_source": _calib_source(opts)}
     for section, values in record.items():
         metrics.update(paths.metrics, section, values)
     return {"result": result, "record": record, "checks": result.checks + extra}

@@ -48,7 +48,7 @@ def _matrix_records(tmp_path):
 
 def test_matrix_report_merges_the_stages_and_says_which_models_miss_the_budget(tmp_path):
     paths = _matrix_records(tmp_path)
-    proc = run_script(ROOT / "bench" / "matrix.py", "report", *paths, "--output", tmp_path / "m")
+    proc = run_script("-m", "bench.matrix", "report", *paths, "--output", tmp_path / "m")
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "m.md").read_text()
     a = next(line for line in md.splitlines() if line.startswith("| a | 0.7000"))
@@ -66,12 +66,9 @@ def test_matrix_report_merges_the_stages_and_says_which_models_miss_the_budget(t
 def test_matrix_pairs_two_graphs_on_the_same_images():
     # the exact McNemar test: 9 images only A gets right against 1 only B does is p = 2 x 11/1024 (one-sided
     # tail: C(10,0) + C(10,1) over 2^10), a split of 3 to 2 is chance
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    import matrix
-
     import numpy as np
+
+    from bench import matrix
 
     a = np.array([True] * 9 + [False] + [True] * 5)
     b = np.array([False] * 9 + [True] + [True] * 5)

@@ -65,8 +65,6 @@ CLI = {"resnet_torch.py": "eager2trt.cli.quantize", "onnx_gs.py": "eager2trt.cli
 
 def cli(capsys, command: str, *args) -> SimpleNamespace:
     """Run `command` with `args` as its command line; the exit code and output, like a CompletedProcess."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # bench/ is a folder of the checkout, not an installed package
     module = importlib.import_module(CLI[command])
     # bench/latency.py has no run(): its __main__ guard calls run_cli itself
     entry = (module.run if command != "bench/latency.py"

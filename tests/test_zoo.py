@@ -186,12 +186,8 @@ def test_bench_zoo_writes_one_row_per_model(tmp_path):
 
 
 def multi_io_batches(name: str, n: int, seed: int) -> list:
-    """Seeded random batches of a MULTI_IO model: a tensor for one input, a tuple of one tensor per input."""
-    shapes = zoo.MULTI_IO[name][1]
-    g = torch.Generator().manual_seed(seed)
-    make = (lambda: tuple(torch.randn(8, *s, generator=g) for s in shapes)) if len(shapes) > 1 else \
-        (lambda: torch.randn(8, *shapes[0], generator=g))
-    return [make() for _ in range(n)]
+    """Seeded random batches of 8 of a MULTI_IO model: a tensor for one input, a tuple of one tensor per input."""
+    return zoo.calibration(name, batches=n, batch=8, seed=seed)
 
 
 @pytest.fixture(scope="module", params=sorted(zoo.MULTI_IO))

@@ -339,6 +339,17 @@ def build(name: str, seed: int = 0) -> nn.Module:
 
 
 def calibration(name: str, batches: int = 2, batch: int = 4, seed: int = 1) -> list:
-    """Seeded random normalized inputs of the model's input shape."""
+    """Seeded random normalized inputs of the model's input shape (a tuple per batch for several inputs)."""
     g = torch.Generator().manual_seed(seed)
+    if name in MULTI_IO:
+        shapes = MULTI_IO[name][1]
+        make = (lambda: tuple(torch.randn(batch, *s, generator=g) for s in shapes)) if len(shapes) > 1 else \
+            (lambda: torch.randn(batch, *shapes[0], generator=g))
+        return [make() for _ in range(batches)]
     return [torch.randn(batch, *ZOO[name][1], generator=g) for _ in range(batches)]
+
+
+def input_words(name: str) -> str:
+    """The model's input shape(s) as a table writes them: 3x16x16, or 3x16x16 + 1x16x16."""
+    shapes = MULTI_IO[name][1] if name in MULTI_IO else [ZOO[name][1]]
+    return " + ".join("x".join(map(str, s)) for s in shapes)

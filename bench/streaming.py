@@ -1,0 +1,115 @@
+"""Verification at scale: peak memory and throughput of quantize_to_tensorrt's checks as the held-out data grows,
+streamed (data=, a DataLoader read on each pass, checks on running statistics) beside held in memory (images= and
+labels= lists, as a caller with everything loaded passes them).
+
+    python -m bench.streaming --arch resnet18 --classes 1000 --image-size 64 --sizes 250 2000
+
+Each run is a fresh process (peak RSS is per process): a torchvision quantizable model with random weights,
+calibrated on 4 batches of 32, then verified on N synthetic images (each drawn from a seed of its index, so no data
+set is held by the loader), random labels. Reported per run: peak RSS (MiB), seconds, and images per second
+through the whole verification (every model on every image). Writes OUTPUT_DIR/NAME.{json,md}.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from eager2trt.artifacts import atomic_path, write_json
+from eager2trt.errors import run_cli
+from eager2trt.runtime.timing import environment
+
+COLUMNS = ("way", "images", "peak_rss_mib", "seconds", "images_per_second", "int8_accuracy")
+
+
+class Synthetic(torch.utils.data.Dataset):
+    """`n` normalized-looking images of `shape`, each made from its own seed: nothing is held but `n`."""
+
+    def __init__(self, n: int, shape: tuple, classes: int):
+        self.n, self.shape, self.classes = n, shape, classes
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(*self.shape, generator=g), int(torch.randint(self.classes, (1,), generator=g))
+
+
+def child(arch: str, classes: int, size: int, n: int, way: str) -> dict:
+    """One run in this process: the pipeline's verification on `n` images, streamed or held."""
+    from eager2trt.eager.model import build_model
+    from eager2trt.pipeline import quantize_to_tensorrt
+
+    torch.manual_seed(0)
+    model = build_model(arch, classes)
+    shape = (3, size, size)
+    calib = [torch.randn(32, *shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(4)]
+    loader = torch.utils.data.DataLoader(Synthetic(n, shape, classes), batch_size=100)
+    held = {"data": loader} if way == "streamed" else dict(zip(("images", "labels"), _held(loader)))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        result = quantize_to_tensorrt(model, calib, out, accuracy_budget=100, **held)
+    seconds = time.perf_counter() - t0
+    return {"way": way, "images": n, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "seconds": seconds, "images_per_second": n / seconds, "int8_accuracy": result.accuracy["int8"]}
+
+
+def _held(loader) -> tuple:
+    pairs = list(loader)
+    return [x for x, _ in pairs], torch.cat([y for _, y in pairs])
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="resnet18", help="torchvision quantizable model (default: resnet18)")
+    p.add_argument("--classes", type=int, default=1000, help="classifier width (default: 1000, ImageNet's)")
+    p.add_argument("--image-size", type=int, default=64, help="square image size (default: 64)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[250, 2000], help="held-out images per run")
+    p.add_argument("--ways", nargs="+", default=["streamed", "held"], choices=["streamed", "held"])
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run (default: 2)")
+    p.add_argument("--output-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--name", default="streaming_cpu2", help="file stem of the .json and .md (default: streaming_cpu2)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(args) -> int:
+    if args.child:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(child(args.arch, args.classes, args.image_size, args.sizes[0], args.ways[0])))
+        return 0
+    rows = []
+    for way in args.ways:
+        for n in args.sizes:
+            cmd = [sys.executable, "-m", "bench.streaming", "--child", "--arch", args.arch, "--classes",
+                   str(args.classes), "--image-size", str(args.image_size), "--sizes", str(n), "--ways", way,
+                   "--threads", str(args.threads)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise SystemExit(f"the {way} run on {n} images failed: {done.stderr.strip().splitlines()[-1:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+    command = " ".join(["python -m bench.streaming", "--arch", args.arch, "--classes", str(args.classes),
+                        "--image-size", str(args.image_size), "--sizes", *map(str, args.sizes)])
+    env = environment()
+    write_json(args.output_dir / f"{args.name}.json", {"command": command, "environment": env, "rows": rows})
+    from bench.generality import table
+
+    text = table(rows, COLUMNS)
+    machine = f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
+    with atomic_path(args.output_dir / f"{args.name}.md") as tmp:
+        Path(tmp).write_text(f"`{command}`; {machine}; every model (FP32, INT8, export, exact, fast) on every "
+                             f"image\n\n{text}\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(lambda: sys.exit(main(get_args_parser().parse_args())))
