@@ -67,8 +67,8 @@ class QuantizeConfig:
 
 
 # (candidate, reference) output pairs every run tallies (checks/tally.py); a pair whose models a run lacks is skipped
-PAIRS = (("int8", "export"), ("int8", "fp32"), ("export", "fp32"), ("exact", "export"), ("fast", "fp32"),
-         ("fast", "export"), ("pytorch", "export"))
+PAIRS = (("int8", "export"), ("int8", "fp32"), ("export", "fp32"), ("exact", "export"), ("exact", "fp32"),
+         ("fast", "fp32"), ("fast", "export"), ("pytorch", "export"))
 
 
 @dataclass
@@ -392,6 +392,8 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, inp
             check_exact(g, tallies)
         else:
             check_fast(g, tallies, inputs, reference)
+        g.checks.append(per_output(on, g.mode, "fp32", lambda s, m=g.mode: compare.distance_recorded(
+            f"{m}_vs_fp32", s, f"the {m} graph")))
         if inputs.labelled:
             g.accuracy = accuracy[g.mode] = score(on, g.mode)
             g.checks.append(accuracy_guard(f"{g.mode}_graph_accuracy", g.accuracy, accuracy["fp32"], accuracy_budget,
@@ -610,7 +612,8 @@ def _accuracy_not_checked(tally, inputs: str) -> str:
 def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision: str = "fp32",
                  images: Optional[list] = None, labels: Optional[torch.Tensor] = None,
                  fp32_onnx: Optional[Path] = None, reference: Optional[tuple] = None, allow_fp32: bool = False,
-                 verify: bool = True, atol: float = contract.EQUIVALENCE_ATOL) -> Graph:
+                 verify: bool = True, atol: float = contract.EQUIVALENCE_ATOL,
+                 data: Optional[Iterable] = None) -> Graph:
     """One INT8 ONNX file -> its exact or fast TensorRT-ready graph, checked as in quantize_to_tensorrt, written.
 
     Exact: lint and bit-equivalence with `source` on random inputs (+ `images`). Fast: lint with performance rules
@@ -618,7 +621,8 @@ def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision
     runtime.backends.PyTorchRunner of the INT8 TorchScript, and its name) (default: the source graph's own
     accuracy, which exact mode keeps bit for bit); or, without labels, the logit error against `fp32_onnx` within
     FAST_ERROR_RATIO of the exact graph's; or the lint alone (recorded). With a PyTorch `reference`, the source
-    graph must also agree with it (the agreement check on real images).
+    graph must also agree with it (the agreement check on real images). `data`: (images, labels) pairs instead of
+    `images` and `labels`, read on each pass (heldout.py).
     """
     if mode not in MODES:
         raise PipelineError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -630,7 +634,7 @@ def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision
     if verify:
         shape = onnx_input_shape(original, batch_size=8)
         random = random_batches(shape if isinstance(shape[0], tuple) else tuple(shape), n=4)
-        inputs = Inputs(random, held_out(images, labels, None, None, None))
+        inputs = Inputs(random, held_out(images, labels, data, None, None))
         runners = {"export": OnnxRunner(original), **graph_runners({mode: graph}),
                    **({"fp32": OnnxRunner(fp32_onnx)} if fp32_onnx is not None else {}),
                    **({"pytorch": reference[0]} if reference is not None and inputs.labelled else {})}

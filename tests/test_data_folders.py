@@ -119,6 +119,43 @@ def test_validation_evaluates_the_folder_like_the_main_command(trained, folder, 
     assert measured["samples"] == CLASSES * VAL and measured["accuracy"] == recorded
 
 
+def test_onnx_gs_checks_a_graph_on_the_folder_at_its_input_size(trained, folder, capsys, tmp_path):
+    """onnx_gs.py --data-dir reads any image folder (issue 24), at the graph's input size, streamed."""
+    out = tmp_path / "exact.onnx"
+    proc = cli(capsys, "eager2trt.cli.surgery", "--input", trained / "resnet18_quantized.onnx", "--output", out,
+               "--data-dir", folder, "--metrics", tmp_path / "m.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recorded = json.loads((tmp_path / "m.json").read_text())["onnx_gs"]
+    eq = recorded["checks"]["equivalence"]["figures"]
+    assert eq["max_abs_diff"] == 0.0 and eq["samples"] == 32 + CLASSES * VAL  # random inputs + every val image
+    assert recorded["accuracy"] == json.loads((trained / "metrics.json").read_text())["onnx_gs"]["accuracy"]
+
+
+def test_an_interrupted_main_job_keeps_the_earlier_run_with_its_metrics(trained, folder, monkeypatch, tmp_path):
+    """Issue 24: the FP16 ONNX and metrics.json belong to the run's files: an interruption after the graphs leaves
+    the earlier run whole (metrics included) aside, never new graphs beside no metrics."""
+    import shutil
+
+    from eager2trt import jobs
+
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    before = (out / "metrics.json").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "write_fp16", interrupted)
+    argv = ["--data-dir", folder, "--output-dir", out, "--checkpoint", out / "resnet18.pt", "--image-size", SIZE,
+            "--fp16-onnx", "--calib-batches", "1", "--latency-runs", "1"]
+    with pytest.raises(KeyboardInterrupt):
+        importlib.import_module("eager2trt.cli.quantize").main(
+            importlib.import_module("eager2trt.cli.quantize").get_args_parser().parse_args(list(map(str, argv))))
+    assert (out / "previous-run" / "metrics.json").read_text() == before
+    assert "interrupted" in (out / ".eager2trt.run-in-progress").read_text()
+    assert not (out / "metrics.json").exists() and (out / "resnet18_quantized_modified.onnx").exists()
+
+
 def test_calib_data_npz_keyed_by_the_input_name(trained, folder, capsys, tmp_path):
     from eager2trt.eager.folders import Presets, load_image_folder
 

@@ -67,6 +67,16 @@ def error_ratio(exact: Stats, fast: Stats, bound: float = FAST_ERROR_RATIO) -> C
                           "samples": fast.samples})
 
 
+def distance_recorded(name: str, stats: Stats, what: str) -> Check:
+    """How far one output of a graph is from FP32's (relative distance, argmax agreement), recorded, never failed
+    (checks/policy.py RECORD): the figure for outputs no label scores (boxes, embeddings, maps)."""
+    return Check(name, stats.relative, "recorded", True,
+                 detail=f"{what} vs FP32, relative distance on {stats.samples} inputs, argmax agreement "
+                        f"{stats.agreement:.2%}",
+                 figures={"relative_distance": stats.relative, "argmax_agreement": stats.agreement,
+                          "mean_abs_error": stats.mean_abs, "samples": stats.samples})
+
+
 def _agreement_words(figures: dict, agreement: Optional[float], words: str) -> str:
     if agreement is None:
         return ""

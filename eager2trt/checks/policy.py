@@ -35,6 +35,8 @@ POLICY = {
     "fallback_graph_accuracy": BUDGET,
     "fast_placement_accuracy": DEFECT,  # onnx_gs.py without an FP32 ONNX: the source's biases, placement alone
     "fast_accuracy": RECORD,
+    "exact_vs_fp32": RECORD,  # each output's distance from FP32: the figure for outputs without labels
+    "fast_vs_fp32": RECORD,
 }
 
 

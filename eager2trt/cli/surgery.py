@@ -14,7 +14,8 @@ from .. import contract, jobs, pipeline
 from ..artifacts import check_complete, ensure_writable_dir, output_lock, refuse_same_file
 from ..contract import EQUIVALENCE_ATOL
 from ..eager.torchscript import load_int8_torchscript
-from ..eager.data import CIFAR10_CLASSES, check_label_set, iterate_batches, load_cifar10
+from ..heldout import SplitBatches
+from .data_args import add_data_args, check_data_args, data_options
 from ..errors import PipelineError, require_choice, require_float, run_cli
 from ..graph.onnx_utils import check_interface, load_onnx, output_width
 from ..graph.placement import HIGH_PRECISIONS
@@ -36,8 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "Conv+Add+ReLU (held to PyTorch INT8 accuracy instead of bit-exactness)")
     p.add_argument("--high-precision", default="fp32", choices=HIGH_PRECISIONS,
                    help="fast mode: type of scales, biases and non-INT8 compute (fp16: opset 19, float32 I/O kept)")
-    p.add_argument("--data-dir", type=Path, help="also check on the real CIFAR-10 test images (exact: equivalence; "
-                                                 "fast: accuracy against PyTorch INT8)")
+    add_data_args(p, data_dir_default=None,
+                  data_help="also check on real test images (exact: equivalence; fast: accuracy against PyTorch "
+                            "INT8): CIFAR-10 or any torchvision ImageFolder (read at the graph's input size unless "
+                            "--image-size says otherwise; docs/data.md)")
     p.add_argument("--fp32", type=Path, help="fast mode: FP32 ONNX whose unrounded biases the fast graph carries, "
                                              "and without --data-dir the reference of the random-input error check "
                                              f"(when omitted: {contract.FP32_ONNX} beside --input when it is named "
@@ -74,6 +77,8 @@ def validate(args) -> None:
         raise PipelineError("--high-precision fp16 needs --mode fast: exact mode keeps the export's float32 "
                             "arithmetic bit for bit")
     require_float("--atol", args.atol)
+    if args.data_dir is not None:
+        check_data_args(args)
     refuse_same_file({"--input": args.input, "--fp32": args.fp32, "--torchscript": args.torchscript},
                      {"--output": output_path(args), "--metrics": args.metrics})
     ensure_writable_dir(output_path(args).parent, "--output")
@@ -98,20 +103,19 @@ def main(args) -> pipeline.Graph:
 
 def rewrite(args) -> pipeline.Graph:
     """Gather what the checks need (test images, the PyTorch reference, the FP32 ONNX) and make one call."""
-    images = labels = reference = None
+    evaluation = reference = None
     fast = args.mode == "fast"
     original = load_onnx(args.input)
     if args.data_dir is not None and not args.no_verify:
-        check_interface(original, num_classes=CIFAR10_CLASSES, name=str(args.input))
-        test = load_cifar10(args.data_dir)["test"]
-        check_label_set(test, CIFAR10_CLASSES)
-        images, labels = [x for x, _ in iterate_batches(test, 500)], test.labels
+        data = jobs.sized_for_graph(data_options(args), original)
+        check_interface(original, num_classes=jobs.class_count(data), name=str(args.input))
+        evaluation = SplitBatches(jobs.load_data(data)["test"], 500)  # streamed, read on each pass
         torchscript = beside_input(args, args.torchscript, contract.INT8_TORCHSCRIPT) if fast else None
         reference = jobs.pytorch_reference(torchscript) if torchscript else None
     fp32 = beside_input(args, args.fp32, contract.FP32_ONNX) if fast else None  # float biases; the error ratio
     if fp32 is not None:
         check_interface(load_onnx(fp32), num_classes=output_width(original), name=str(fp32))
-    return pipeline.rewrite_onnx(args.input, output_path(args), args.mode, args.high_precision, images, labels,
+    return pipeline.rewrite_onnx(args.input, output_path(args), args.mode, args.high_precision, data=evaluation,
                                  fp32_onnx=fp32, reference=reference, allow_fp32=args.allow_fp32,
                                  verify=not args.no_verify, atol=args.atol)
 
