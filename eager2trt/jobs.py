@@ -3,14 +3,15 @@ default, decoded once and cached) or any torchvision ImageFolder data set (eager
 
 `main_job` trains or loads the FP32 model, runs `pipeline.quantize_to_tensorrt` on the real test images (each
 model evaluated once; every check reads those logits), makes the FP16 ONNX and records everything in
-metrics.json under the sections the step-by-step scripts write. The CLIs parse flags and call one of these.
+metrics.json under the sections the step-by-step scripts write. The CLIs parse flags and call one of these. Its
+stages (job_inputs, job_models, finish_job) are also parallel_job.py's, which runs them under torchrun.
 """
 
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
@@ -221,55 +222,110 @@ def _pairs(split, batch_size: int) -> tuple[list, list]:
     return [x for x, _ in batches], [y for _, y in batches]
 
 
+@dataclass
+class JobInputs:
+    """What the main job reads before any model exists: the data, the artifact names, one test image (the input
+    shape), the test split streamed in batches (heldout.SplitBatches, never held) and the calibration file's
+    batches (--calib-data / --data-loader-script), if any."""
+
+    data: dict
+    name: Optional[str]
+    paths: ArtifactPaths
+    example: torch.Tensor
+    evaluation: SplitBatches
+    given: Optional[FileData]
+
+
+@dataclass
+class JobModels:
+    """The models the main job hands to the pipeline: FP32 (trained or loaded, with its training record), the
+    calibration batches and held-out images, and the INT8 model when this job made it (QAT, --int8-model, or PTQ
+    under torchrun) with QAT's float twin and record; int8 None: the pipeline calibrates."""
+
+    fp32: torch.nn.Module
+    training: dict
+    calib: Iterable
+    holdout: Optional[tuple]
+    int8: Optional[torch.nn.Module] = None
+    twin: Optional[torch.nn.Module] = None
+    qat: Optional[dict] = None
+
+
 def main_job(opts: JobOptions) -> dict:
     """Train or load, quantize, make TensorRT-ready, verify on the test set, write artifacts and metrics.json."""
     t_start = time.perf_counter()
+    inputs = job_inputs(opts)
+    return finish_job(opts, inputs, job_models(opts, inputs), t_start)
+
+
+def job_inputs(opts: JobOptions) -> JobInputs:
+    """Load the data and the calibration file; a bad file stops the run here, before training."""
     data = load_data(opts.data)
     name = default_name(opts, data["cifar10"])
-    paths = ArtifactPaths(opts.output_dir, name)
-    test = data["test"]
-    example = next(iter(test.batches(1)))[0]
-    given = calibration_file(opts, tuple(example.shape[1:]))  # a bad file stops the run before training
-    evaluation = SplitBatches(test, 500)  # streamed: read on each pass, never held (heldout.py)
-    fp32, training = fp32_model(opts, data)
-    calib, holdout = calibration_data(data["train"], opts, given)
-    int8, twin, qat = None, None, None
+    example = next(iter(data["test"].batches(1)))[0]
+    given = calibration_file(opts, tuple(example.shape[1:]))
+    return JobInputs(data, name, ArtifactPaths(opts.output_dir, name), example, SplitBatches(data["test"], 500), given)
+
+
+def job_models(opts: JobOptions, inputs: JobInputs) -> JobModels:
+    """The FP32 model and the calibration data; QAT's or the saved INT8 model where the job asks for one."""
+    fp32, training = fp32_model(opts, inputs.data)
+    calib, holdout = calibration_data(inputs.data["train"], opts, inputs.given)
+    models = JobModels(fp32, training, calib, holdout)
     if opts.qat_epochs:
-        calib = list(calib)  # QAT calibrates on them; the pipeline takes its example input from them
-        int8, twin, qat = qat_model(fp32, calib, holdout, data, opts)
+        models.calib = list(calib)  # QAT calibrates on them; the pipeline takes its example input from them
+        models.int8, models.twin, models.qat = qat_model(fp32, models.calib, holdout, inputs.data, opts)
     elif opts.int8_model is not None:
-        int8 = load_int8_model(opts.int8_model, opts.quantization.engine)
-    failed = []  # the pipeline's CheckFailed: its checked graphs stay, the earlier run stays aside (fresh_run)
-    # one run of files: the FP16 ONNX and metrics.json are replaced together with the graphs, or not at all
-    with fresh_run(opts.output_dir, paths.run_artifacts(), keep_previous=lambda: bool(failed)):
+        models.int8 = load_int8_model(opts.int8_model, opts.quantization.engine)
+    return models
+
+
+def finish_job(opts: JobOptions, inputs: JobInputs, models: JobModels, t_start: float,
+               distributed_record: Optional[dict] = None) -> dict:
+    """The main job's tail, once per job (rank 0 under torchrun): the pipeline on the test images, the FP16 ONNX,
+    latencies and metrics.json (`distributed_record` as pytorch.distributed when given), as one run of files: the
+    FP16 ONNX and metrics.json are replaced together with the graphs, or not at all (artifacts.fresh_run; the
+    pipeline's own is nested in it). A failed check leaves the graphs that passed and the earlier run aside."""
+    failed = []
+    with fresh_run(opts.output_dir, inputs.paths.run_artifacts(), keep_previous=lambda: bool(failed)):
         try:
-            result = quantize_to_tensorrt(fp32, calib, opts.output_dir, opts.quantization, data=evaluation,
-                                          fast=opts.fast, accuracy_budget=opts.accuracy_budget, holdout=holdout,
-                                          fallback=opts.fallback, int8=int8, float_twin=twin, name=name)
+            result = quantize_to_tensorrt(models.fp32, models.calib, opts.output_dir, opts.quantization,
+                                          data=inputs.evaluation, fast=opts.fast, accuracy_budget=opts.accuracy_budget,
+                                          holdout=models.holdout, fallback=opts.fallback, int8=models.int8,
+                                          float_twin=models.twin, name=inputs.name)
         except CheckFailed as exc:
             failed.append(exc)
         else:
-            return _finish(result, opts, paths, evaluation, example, training, qat, data, name, t_start)
+            return _record_job(result, opts, inputs, models, t_start, distributed_record)
     raise failed[0]
 
 
-def _finish(result: PipelineResult, opts: JobOptions, paths: ArtifactPaths, evaluation, example, training: dict,
-            qat: Optional[dict], data: dict, name: Optional[str], t_start: float) -> dict:
-    """After the pipeline: the FP16 ONNX, latencies, and metrics.json (inside the main job's run of files)."""
-    extra = write_fp16(paths.fp32_onnx, paths.fp16_onnx, fp32_accuracy=result.accuracy["fp32"],
-                       reference_name="PyTorch FP32", data=evaluation) if opts.fp16 else []
+def _record_job(result: PipelineResult, opts: JobOptions, inputs: JobInputs, models: JobModels, t_start: float,
+                distributed_record: Optional[dict]) -> dict:
+    """After the pipeline: the FP16 ONNX, latencies, and metrics.json."""
+    extra = write_fp16(inputs.paths.fp32_onnx, inputs.paths.fp16_onnx, fp32_accuracy=result.accuracy["fp32"],
+                       reference_name="PyTorch FP32", data=inputs.evaluation) if opts.fp16 else []
+    latency = job_latencies(result, inputs.example, opts.latency_runs)
+    record = record_of(result, opts, models.training, latency, extra, time.perf_counter() - t_start, models.qat)
+    record["pytorch"]["data"] = {"kind": inputs.data["kind"], "classes": inputs.data["classes"], "name": inputs.name,
+                                 "input_shape": list(inputs.example.shape[1:]),
+                                 "calibration_source": _calib_source(opts)}
+    if distributed_record is not None:
+        record["pytorch"]["distributed"] = distributed_record
+    for section, values in record.items():
+        metrics.update(inputs.paths.metrics, section, values)
+    return {"result": result, "record": record, "checks": result.checks + extra}
+
+
+def job_latencies(result: PipelineResult, example: torch.Tensor, runs: int) -> dict:
+    """Batch-1 latencies of the FP32, INT8 and INT8 TorchScript models on the CPU, and of FP32 on CUDA if present."""
     latency = cpu_latencies({"fp32": result.fp32, "int8": result.int8, "int8_torchscript": result.int8_torchscript},
-                            example, opts.latency_runs)
+                            example, runs)
     if torch.cuda.is_available():
-        latency.update(cpu_latencies({"fp32_cuda": result.fp32.cuda()}, example.cuda(), opts.latency_runs,
+        latency.update(cpu_latencies({"fp32_cuda": result.fp32.cuda()}, example.cuda(), runs,
                                      sync=torch.cuda.synchronize, threads=False))
         result.fp32.cpu()
-    record = record_of(result, opts, training, latency, extra, time.perf_counter() - t_start, qat)
-    record["pytorch"]["data"] = {"kind": data["kind"], "classes": data["classes"], "name": name,
-                                 "input_shape": list(example.shape[1:]), "calibration_source": _calib_source(opts)}
-    for section, values in record.items():
-        metrics.update(paths.metrics, section, values)
-    return {"result": result, "record": record, "checks": result.checks + extra}
+    return latency
 
 
 def _calib_source(opts: JobOptions) -> str:
@@ -286,12 +342,18 @@ def qat_method(fp32: torch.nn.Module, calib: list, holdout: tuple, config: Quant
     reaches 0.6574 against FP32 0.6590, where percentile's PTQ ranges leave it at 0.18."""
     if config.calibration != "auto":
         return config.calibration
+    return ptq_model(fp32, calib, holdout, config).calibration_choice["method"]
+
+
+def ptq_model(fp32: torch.nn.Module, calib: list, holdout: Optional[tuple], config: QuantizeConfig) -> torch.nn.Module:
+    """Post-training INT8 model of `fp32`: fused and calibrated as quantize_to_tensorrt does it (eager/quantize.py
+    calibrates through distributed.calibrate: under torchrun each rank its share, observers merged)."""
     from .eager.model import fuse
     from .eager.quantize import quantize
 
     fused, _ = fuse(fp32, tuple(calib[0].shape[1:]))
-    ptq = quantize(fused, calib, config.activation_dtype, "auto", config.engine, config.percentile, holdout)
-    return ptq.calibration_choice["method"]
+    return quantize(fused, calib, config.activation_dtype, config.calibration, config.engine, config.percentile,
+                    holdout)
 
 
 def qat_model(fp32: torch.nn.Module, calib: list, holdout: Optional[tuple], data: dict,

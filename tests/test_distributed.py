@@ -1,19 +1,23 @@
 """Data-parallel calibration and evaluation (eager2trt/eager/distributed.py): two gloo processes on CPU against one
 process on the same batches. The INT8 model each rank converts must equal the one-process model (every scale, zero
 point and int weight) for minmax and the RangeObserver methods; torch.ao's histogram is measured; evaluation counts
-are exact; a failing rank stops both with one sentence."""
+are exact; a failing rank stops both with one sentence. The main command under torchrun (2 gloo ranks) writes the
+one-process INT8 model once, from rank 0."""
 
 import socket
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_calibration import tiny_fused
 
 from eager2trt.eager import calibration as cal
 from eager2trt.eager import distributed
 from eager2trt.eager.quantize import prepare_for
 from eager2trt.errors import PipelineError
-from test_calibration import tiny_fused
 
 ENGINE = "qnnpack"  # faithful to the Q/DQ graph on every x86 CPU this runs on
 EXACT = ("minmax", "percentile", "entropy", "mse")
@@ -228,6 +232,122 @@ def test_ddp_qat_takes_the_one_process_steps_of_the_combined_batch(tmp_path):
 
 
 # --- the command line under torchrun, and the benchmark ------------------------------------------------------------
+
+# the shipped ResNet18 on a 10-class folder of real CIFAR-10 PNGs (12 training, 4 test images a class), read as an
+# image folder at 32 px: 4 calibration batches of 8 (rank 0 takes batches 0 and 2, rank 1 batches 1 and 3).
+# percentile: its RangeObserver grids must be handed from rank 0 to rank 1 to merge exactly; minmax would be exact
+# without that, and auto chooses minmax on these few images (a tie)
+TORCHRUN_FLAGS = ["--image-size", 32, "--workers", 0, "--calibration", "percentile", "--calib-batches", 4,
+                  "--batch-size", 8, "--latency-runs", 2, "--accuracy-budget", 50]
+
+
+@pytest.fixture(scope="module")
+def png_folder(tmp_path_factory):
+    import shutil
+
+    from conftest import DATA_DIR
+
+    if not (DATA_DIR / "train").is_dir():
+        pytest.skip(f"real CIFAR-10 not found at {DATA_DIR}; set CIFAR10_DIR")
+    root = tmp_path_factory.mktemp("png10")
+    for split, source, count in (("train", "train", 12), ("val", "test", 4)):
+        for c in sorted(p.name for p in (DATA_DIR / source).iterdir() if not p.name.startswith(".")):
+            (root / split / c).mkdir(parents=True)
+            for f in sorted((DATA_DIR / source / c).iterdir())[:count]:
+                shutil.copy(f, root / split / c / f.name)
+    return root
+
+
+def torchrun(*args):
+    """resnet_torch.py under `python -m torch.distributed.run` with 2 CPU processes (gloo); each rank's lines come
+    prefixed with [default<rank>]: (--tee 3)."""
+    import os
+
+    from conftest import ROOT
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), "--tee", "3", "resnet_torch.py", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def single_process(capsys, *args):
+    """resnet_torch.py in this process, at the ranks' one thread (fewer threads can sum a float activation in
+    another order, and a range method sees the difference)."""
+    from test_data_folders import cli
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli(capsys, "eager2trt.cli.quantize", *args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def qdq_scales(path) -> dict:
+    """Every QuantizeLinear / DequantizeLinear node's scale, from an initializer or a Constant node."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                   if n.op_type == "Constant"})
+    return {n.name: values[n.input[1]] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+
+
+def test_torchrun_main_command_makes_the_one_process_int8_model(png_folder, tmp_path, capsys):
+    """The real command under torchrun, 2 gloo ranks: exit 0, rank 0 alone reports and writes, metrics.json
+    records the world, and the INT8 ONNX every rank's merged calibration made is the one-process one."""
+    import json
+
+    import onnx
+    from conftest import ROOT
+    from test_data_folders import written
+
+    flags = ["--data-dir", png_folder, "--checkpoint", ROOT / "saved_models" / "resnet_cifar10.pt", *TORCHRUN_FLAGS]
+    proc = torchrun(*flags, "--output-dir", tmp_path / "two")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("[default1]")]  # rank 1 is silent
+    assert sum(line.startswith("[default0]:wrote ") for line in proc.stdout.splitlines()) == 1
+    single = single_process(capsys, *flags, "--output-dir", tmp_path / "one")
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert written(tmp_path / "two") == written(tmp_path / "one")  # nothing more: no rank's own copy
+    two, one = (json.loads((tmp_path / d / "metrics.json").read_text())["pytorch"] for d in ("two", "one"))
+    assert two["distributed"] == {"world_size": 2, "backend": "gloo"} and "distributed" not in one
+    int8 = "resnet18_quantized.onnx"
+    scales, expected = qdq_scales(tmp_path / "two" / int8), qdq_scales(tmp_path / "one" / int8)
+    assert len(expected) > 60 and scales.keys() == expected.keys()
+    assert not [k for k in expected if not np.array_equal(scales[k], expected[k])]
+    # the whole graph too: int weights, zero points, structure
+    assert onnx.load(str(tmp_path / "two" / int8)).graph == onnx.load(str(tmp_path / "one" / int8)).graph
+    assert two["int8_accuracy"] == one["int8_accuracy"]
+
+
+def test_torchrun_a_refusal_on_rank_0_stops_both_ranks_in_one_sentence(tmp_path):
+    """Rank 0 alone takes the output folder's lock; another run holding it stops both ranks with one sentence and no
+    traceback of ours (torchrun's launcher adds its own report of the ranks' exit codes)."""
+    import fcntl
+    import re
+
+    from conftest import ROOT
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".eager2trt.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = torchrun("--data-dir", tmp_path / "never_read", "--checkpoint",
+                        ROOT / "saved_models" / "resnet_cifar10.pt", *TORCHRUN_FLAGS, "--output-dir", out)
+    assert proc.returncode != 0
+    sentence = (f"[default0]:error: rank 0 of 2 failed: output directory {out.resolve()} is in use by another "
+                f"run (it holds {out.resolve() / '.eager2trt.lock'}); wait for that run to finish or write to "
+                f"another folder")
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("[default")]
+    assert ours == [sentence], proc.stderr[-3000:]
+    # torchrun's report: a rank exited with run_cli's code (the first to exit, torchrun stops the other: SIGTERM,
+    # after rank 0 has said why, as both leave the failed exchange together)
+    assert re.search(r"exitcode\s*:\s*2\b", proc.stderr)
+
 
 def test_benchmark_runs_at_one_and_two_processes(tmp_path):
     import json

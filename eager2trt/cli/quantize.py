@@ -2,16 +2,22 @@
 and verify the TensorRT-ready Q/DQ graphs (exact and fast) on the real test images.
 
 With --fp16-onnx it is the whole main job before the engines: the FP16 ONNX is written and checked too.
+Under torchrun (`torchrun --nproc_per_node N resnet_torch.py ...`) it runs data-parallel: every rank trains,
+calibrates or fine-tunes, rank 0 alone makes and writes the artifacts (docs/distributed.md).
 """
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
-from .. import contract, jobs
+import torch.distributed
+
+from .. import contract, jobs, parallel_job
 from ..artifacts import ensure_writable_dir, output_lock, refuse_overwrite, refuse_same_file
 from ..calib_files import check_calibration_paths
 from ..eager.engines import AUTO, candidate_engines, supported_engines
 from ..eager.model import ARCHS
+from ..eager import distributed
 from ..eager.calibration import DEFAULT_PERCENTILE, check_percentile
 from ..eager.quantize import ACTIVATION_DTYPES, CALIBRATIONS
 from ..eager.train import Recipe
@@ -37,7 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="start from this FP32 state_dict and skip training")
     add_calibration_file_args(p)
     p.add_argument("--epochs", type=int, default=200, help="training epochs (ignored with --checkpoint)")
-    p.add_argument("--batch-size", type=int, default=128, help="training and calibration batch size")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="training and calibration batch size (training's is per process under torchrun)")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
@@ -194,11 +201,27 @@ def report(out: dict) -> None:
 
 
 def main(args) -> dict:
-    validate(args)
-    with output_lock(args.output_dir):
-        out = jobs.main_job(options(args))
+    validate(args)  # under torchrun every rank checks the same flags: a refusal is the same sentence on each
+    if distributed.launched_by_torchrun():
+        out = data_parallel(options(args))
+    else:
+        with output_lock(args.output_dir):
+            out = jobs.main_job(options(args))
+    if out is None:
+        return {}  # a rank other than 0 under torchrun: rank 0 reports
     report(out)
     return out["record"]
+
+
+def data_parallel(opts: jobs.JobOptions) -> Optional[dict]:
+    """The main job over torchrun's ranks (parallel_job.py) in a process group made from torchrun's variables: gloo
+    on CPU, nccl with each rank on cuda:LOCAL_RANK on GPUs."""
+    distributed.init_from_env()
+    try:
+        return parallel_job.main_job(opts)
+    finally:
+        # on failure too: exiting with gloo's threads alive can abort the process (std::terminate) after its sentence
+        torch.distributed.destroy_process_group()
 
 
 def run() -> None:
