@@ -5,10 +5,11 @@
     result.paths.int8_onnx_modified        # hand this to trtexec (exact graph); result.paths.int8_onnx_fast (fast)
 
 Fuse (checked against the unfused model), quantize in eager mode (calibrated), export FP32/INT8 ONNX and INT8
-TorchScript, rewrite the Q/DQ graph for TensorRT (exact and fast placement), lint it, and prove it: each model
-is run once per input set (random, and the caller's real images) through runtime.backends.logits, and every
-check (checks/*) reads those logits. A check that fails raises its one sentence (checks.result.require);
-graphs are written only after their checks pass. The CLIs parse arguments, call into here, print the
+TorchScript, rewrite the Q/DQ graph for TensorRT (exact and fast placement), lint it, and prove it: every
+model runs on each batch of each input set (random, and the caller's held-out data, streamed) once, in
+lockstep (runtime.backends.run_together), and every check (checks/*) reads the running statistics of that
+pass (checks/tally.py), per output. What a failed check does is checks/policy.py's; graphs are written only
+after their checks pass. The CLIs parse arguments, call into here, print the
 result's checks and exit.
 
 With `fallback=True` a run whose INT8 is outside the accuracy budget does not stop there: the fewest layers are
