@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import PipelineError
-from .runtime.inputs import peek, rows
+from .runtime.inputs import forward_names, peek, rows
 
 # Normalized CIFAR-10 images (ImageNet mean/std) lie in [-2.12, 2.64]; standard-normal test inputs reach about
 # 6 in a few hundred thousand draws. Raw 0..255 pixels reach 255, so a batch beyond this was not normalized.
@@ -74,19 +74,6 @@ def check_model(model, name: str = "fp32") -> torch.nn.Module:
                             f"materialize it first, e.g. model.to_empty(device='cpu') then load_state_dict")
     refuse_non_finite(model, name)
     return model
-
-
-def forward_names(model: torch.nn.Module) -> list[str]:
-    """The names of forward()'s positional parameters without a default (the inputs every call must pass; a
-    multi-input model's graph inputs are named after them)."""
-    import inspect
-
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):  # a builtin or scripted forward: nothing to read, let the run tell
-        return []
-    return [p.name for p in params if p.default is inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def check_int8_model(model, name: str = "int8") -> torch.nn.Module:

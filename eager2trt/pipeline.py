@@ -46,10 +46,10 @@ from .graph.lint import lint, performance_summary
 from .graph.onnx_utils import load_onnx
 from .graph.placement import make_fast, with_high_precision
 from .heldout import HeldOut, held_out
-from .inputs import check_batches, check_int8_model, check_pipeline_arguments, forward_names
+from .inputs import check_batches, check_int8_model, check_pipeline_arguments
 from .graph.surgery import ExactRefused, make_tensorrt_ready
 from .runtime.backends import OnnxRunner, PyTorchRunner, run_together
-from .runtime.inputs import as_args, onnx_input_shape, peek, random_batches
+from .runtime.inputs import as_args, forward_names, onnx_input_shape, peek, random_batches
 
 MODES = ("exact", "fast")
 USE_EXACT = "use the exact graph for this model"  # the fast graph's defect fix, kept where the exact graph passes

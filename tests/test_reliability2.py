@@ -1063,7 +1063,8 @@ def test_a_data_parallel_checkpoint_loads_with_a_notice(tmp_path, capsys):
     assert "saved from a DataParallel wrapper" in capsys.readouterr().err
 
 
-def test_a_model_returning_a_tuple_is_one_sentence():
+def test_a_model_returning_something_else_than_tensors_is_one_sentence():
+    """Several outputs (a tuple or dict of tensors) are fused and checked each; anything else in them is refused."""
     from eager2trt.eager.model import fuse
 
     class TupleNet(TinyNet):
@@ -1071,9 +1072,14 @@ def test_a_model_returning_a_tuple_is_one_sentence():
             out = super().forward(x)
             return out, out
 
-    with raises("the model returns a tuple, not one tensor: models with several outputs are not supported yet",
-                start=True):
-        fuse(TupleNet(), (3, 32, 32))
+    class WithNone(TinyNet):
+        def forward(self, x):
+            return super().forward(x), None
+
+    assert fuse(TupleNet(), (3, 32, 32))[1] < 1e-4
+    with raises("output 1 of the model is a NoneType, not a tensor; return a tensor, or a tuple or dict of tensors "
+                "(one per head)", start=True):
+        fuse(WithNone(), (3, 32, 32))
 
 
 @pytest.mark.parametrize("failure,fragment", [

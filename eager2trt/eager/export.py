@@ -16,7 +16,7 @@ from ..artifacts import save_onnx, write_bytes
 from ..contract import INPUT_NAME, OPSET, OUTPUT_NAME
 from ..errors import PipelineError
 from ..runtime.backends import is_quantized_module
-from ..runtime.inputs import as_args, output_names
+from ..runtime.inputs import as_args, forward_names, output_names
 
 
 def _example(example, names: list) -> tuple:
@@ -33,8 +33,6 @@ def _example(example, names: list) -> tuple:
 def io_names(model: torch.nn.Module, example: tuple) -> tuple[list, list]:
     """The graph's input and output names: the reference's "input" and "output" for one of each; forward()'s
     parameter names for several inputs; a dict's keys, else output0, output1, ... for several outputs."""
-    from ..inputs import forward_names
-
     names = forward_names(model)
     inputs = names if len(example) > 1 and len(names) == len(example) else \
         [INPUT_NAME] if len(example) == 1 else [f"{INPUT_NAME}{i}" for i in range(len(example))]
@@ -153,8 +151,6 @@ def input_only(model: torch.nn.Module, example: tuple = ()) -> torch.nn.Module:
     """`model`, or `model` wrapped so that it takes its required inputs alone when forward's further parameters all
     have defaults (a required second input is a two-input model, which this wrapper would only hide), or so that a
     dict of outputs is returned as a tuple (what tracing takes)."""
-    from ..inputs import forward_names
-
     params = list(inspect.signature(model.forward).parameters.values())[len(forward_names(model)) or 1:]
     optional = params and all(p.default is not inspect.Parameter.empty for p in params)
     returns_dict = False
@@ -217,8 +213,6 @@ def export_onnx(model: torch.nn.Module, path: Path, example: torch.Tensor, opset
     """Export FP32 or eager-quantized INT8 `model` with the TorchScript exporter (the one that emits Q/DQ);
     the file is written only once onnx.checker and onnxruntime accept it. The batch dimension is dynamic, the
     image size is `example`'s (an NCHW batch)."""
-    from ..inputs import forward_names
-
     model = model.eval().cpu()
     example = _example(example, forward_names(model))
     inputs, outputs = io_names(model, example)
@@ -245,8 +239,6 @@ def export_torchscript(model: torch.nn.Module, path: Path, example: torch.Tensor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            from ..inputs import forward_names
-
             model = model.eval().cpu()
             args = _example(example, forward_names(model))
             traced = torch.jit.trace(input_only(model, args), args)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..eager.quiet import quantized_api
 from ..errors import PipelineError
-from .inputs import as_args, as_outputs, numpy_feed
+from .inputs import as_args, as_outputs, forward_names, numpy_feed
 from .timing import measure, summarize
 
 
@@ -50,8 +50,6 @@ class PyTorchRunner:
 
     def outputs(self, batch) -> list[np.ndarray]:
         """Every output on a batch of one or several inputs (a tensor, tuple or dict), as CPU float32 arrays."""
-        from ..inputs import forward_names
-
         args = [x.to(self.device, non_blocking=True) for x in as_args(batch, forward_names(self.model))]
         with torch.no_grad(), quantized_api():
             return [o.float().cpu().numpy() for o in as_outputs(self.model(*args))]

@@ -14,6 +14,19 @@ from ..errors import PipelineError
 Batch = Union[torch.Tensor, tuple, list, dict]
 
 
+def forward_names(model: torch.nn.Module) -> list[str]:
+    """The names of forward()'s positional parameters without a default (the inputs every call must pass; a
+    multi-input model's graph inputs are named after them)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin or scripted forward: nothing to read, let the run tell
+        return []
+    return [p.name for p in params if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def as_args(batch: Batch, names: Sequence[str] = ()) -> tuple:
     """A batch as forward()'s positional inputs: a tensor is the one input, a tuple or list gives them in order, a
     dict is read in the order of `names` (forward()'s parameters; its own order without them)."""
