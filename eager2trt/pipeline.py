@@ -587,11 +587,15 @@ def _name_worst_layers(check: Check, export: onnx.ModelProto, fp32: onnx.ModelPr
     from .graph.sensitivity import worst_layers
 
     names = []
-    if len(export.graph.input) == 1 and len(export.graph.output) == 1:
+    single = len(export.graph.input) == 1 and len(export.graph.output) == 1
+    if single:
         batches, labels = real.sample(GUARD_IMAGES)
         names = worst_layers(export, [b.numpy() for b in batches], labels.numpy(), fp32=fp32, k=3)
     lost = "INT8 loses more accuracy than the budget allows" + (
         f"; the layers that recover most when left in float are {', '.join(names)}" if names else "")
+    if not single:  # the layer ranking and the fallback read one classifier output of one input
+        return replace(check, fix=f"{lost}: try calibration='auto' (or percentile, entropy), or QAT "
+                                  f"(int8=eager2trt.eager.qat.quantize_qat(...))")
     if given_int8:
         fix = (f"{lost}: for this given INT8 model (int8=, e.g. QAT's) use fallback=True (resnet_torch.py "
                f"--qat-epochs N --fallback): its graph starts from the unrounded float biases TensorRT computes with "

@@ -29,6 +29,17 @@ def test_bring_your_own_model_example_runs(tmp_path):
     assert onnx.load(str(tmp_path / "cli.onnx")).SerializeToString() == ready.SerializeToString()
 
 
+def test_two_head_segmentation_example_runs(tmp_path):
+    """examples/segmentation_two_heads.py: dict outputs become named graph outputs, label maps are scored per pixel,
+    the held-out data comes from a DataLoader, and every check reports each output."""
+    proc = run_script(ROOT / "examples" / "segmentation_two_heads.py", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    graph = onnx.load(str(tmp_path / "out" / "two_head_unet_quantized_modified.onnx"))
+    assert [o.name for o in graph.graph.output] == ["seg", "depth"]
+    assert "fp32: per-pixel top-1 1.0000, mIoU 1.0000" in proc.stdout
+    assert "equivalence per output: {'seg': 0.0, 'depth': 0.0}" in proc.stdout
+
+
 def test_pipeline_result_is_verified_and_typed(tmp_path):
     from examples.bring_your_own_model import TinyResNet
 

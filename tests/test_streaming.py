@@ -114,3 +114,22 @@ def test_miou_ignores_labels_outside_the_classes():
     score.add([logits], labels)
     # valid pixels: (1 vs 1), (1 vs 0), (0 vs 0); class 0: inter 1, union 2; class 1: inter 1, union 2
     assert score.counted == 3 and score.accuracy == pytest.approx(2 / 3) and score.miou == pytest.approx(0.5)
+
+
+def test_a_missed_budget_on_several_outputs_never_advises_the_fallback(tmp_path):
+    """The fallback and the layer ranking read one classifier output: a two-head model is told what applies."""
+    from eager2trt.checks.result import CheckFailed
+    from examples.segmentation_two_heads import TwoHeadUNet
+
+    torch.manual_seed(0)
+    model = TwoHeadUNet().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        maps = model(x)["seg"].argmax(1)
+    with pytest.raises(CheckFailed) as info:  # a zero budget: INT8 must match FP32's every pixel, which it cannot
+        quantize_to_tensorrt(model, [torch.randn(8, 3, 32, 32, generator=g)], tmp_path, images=[x], labels=maps,
+                             accuracy_budget=0.0)
+    text = str(info.value)
+    assert text.startswith("check int8_accuracy failed") and "try calibration='auto'" in text and "QAT" in text
+    assert "fallback" not in text and "\n" not in text
