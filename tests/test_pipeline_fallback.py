@@ -62,6 +62,21 @@ def test_fallback_keeps_the_sensitive_layer_and_is_held_to_fp32(fallback_run):
     assert result.accuracy["fallback"] == g.accuracy >= result.accuracy["fp32"] - 0.10
 
 
+def test_a_streamed_dataloader_gives_the_same_fallback(fallback_run, tmp_path):
+    """data= (a DataLoader, read on each pass) instead of lists: the same layers kept, the same figures."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    _, listed = fallback_run
+    model = tiny_model()
+    images, labels = labelled(model, 2, seed=7)
+    loader = DataLoader(TensorDataset(torch.cat(images), torch.cat(labels)), batch_size=128)
+    streamed = quantize_to_tensorrt(model, calibration(), tmp_path, QuantizeConfig(calibration="minmax"), data=loader,
+                                    fast=None, accuracy_budget=10.0, holdout=labelled(model, 2, seed=8),
+                                    fallback=True)
+    assert streamed.accuracy == listed.accuracy
+    assert streamed.graphs["fallback"].record()["fallback"]["kept"] == listed.graphs["fallback"].record()["fallback"]["kept"]
+
+
 def test_failed_int8_and_exact_guards_are_recorded_not_raised(fallback_run):
     _, result = fallback_run
     assert not result.check("int8_accuracy").passed  # the outlier's range crushes every other channel
