@@ -122,6 +122,18 @@ def table(rows: list, columns: tuple = COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def write_results(output_dir: Path, name: str, command: str, rows: list, columns: tuple, what: str) -> str:
+    """NAME.json (command, machine, rows) and NAME.md (the command, what was run, the machine, the table) in
+    `output_dir`; returns the table."""
+    env = environment()
+    write_json(output_dir / f"{name}.json", {"command": command, "environment": env, "rows": rows})
+    text = table(rows, columns)
+    machine = f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
+    with atomic_path(output_dir / f"{name}.md") as tmp_path:
+        Path(tmp_path).write_text(f"`{command}` {what}; {machine}\n\n{text}\n")
+    return text
+
+
 def failed(row: dict) -> bool:
     return str(row.get("exact", "")).startswith("FAILED")
 

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from eager2trt.artifacts import atomic_path, write_json
+from bench.generality import write_results
 from eager2trt.errors import run_cli
-from eager2trt.runtime.timing import environment
 
 COLUMNS = ("way", "images", "peak_rss_mib", "seconds", "images_per_second", "checks_passed")
 
@@ -99,15 +98,8 @@ def main(args) -> int:
             print(rows[-1], flush=True)
     command = " ".join(["python -m bench.streaming", "--arch", args.arch, "--classes", str(args.classes),
                         "--image-size", str(args.image_size), "--sizes", *map(str, args.sizes)])
-    env = environment()
-    write_json(args.output_dir / f"{args.name}.json", {"command": command, "environment": env, "rows": rows})
-    from bench.generality import table
-
-    text = table(rows, COLUMNS)
-    machine = f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
-    with atomic_path(args.output_dir / f"{args.name}.md") as tmp:
-        Path(tmp).write_text(f"`{command}`; {machine}; every model (FP32, INT8, export, exact, fast) on every "
-                             f"image\n\n{text}\n")
+    text = write_results(args.output_dir, args.name, command, rows, COLUMNS,
+                         "(every model: FP32, INT8, export, exact, fast, on every image)")
     print(text)
     return 0
 

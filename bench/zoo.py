@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 
-from bench.generality import CONFIG, failed, row_of, table
-from eager2trt.artifacts import atomic_path, write_json
+from bench.generality import CONFIG, failed, row_of, write_results
 from eager2trt.errors import PipelineError, require_choice, run_cli
 from eager2trt.pipeline import quantize_to_tensorrt
-from eager2trt.runtime.timing import environment
 from tests import zoo
 
 COLUMNS = ("model", "input", "exact", "fast", "float_islands", "fusable_adds", "predicted_unfused", "engine",
@@ -60,14 +58,9 @@ def main(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_model(name, Path(tmp) / name) for name in args.models]
     command = f"python -m bench.zoo --models {' '.join(args.models)} --threads {args.threads}"
-    env = environment()
-    write_json(args.output_dir / f"{args.name}.json", {"command": command, "environment": env, "rows": rows})
-    text = table(rows, COLUMNS)
-    machine = f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
-    with atomic_path(args.output_dir / f"{args.name}.md") as tmp_path:
-        Path(tmp_path).write_text(f"`{command}` through `quantize_to_tensorrt` (QuantizeConfig(calibration="
-                                  f"\"{CONFIG.calibration}\", engine=\"{CONFIG.engine}\"), fast=\"fp32\"; random "
-                                  f"weights and calibration, no labels); {machine}\n\n{text}\n")
+    text = write_results(args.output_dir, args.name, command, rows, COLUMNS,
+                         f"through `quantize_to_tensorrt` (QuantizeConfig(calibration=\"{CONFIG.calibration}\", "
+                         f"engine=\"{CONFIG.engine}\"), fast=\"fp32\"; random weights and calibration, no labels)")
     print(text)
     return 2 if any(failed(r) for r in rows) else 0
 
