@@ -13,7 +13,6 @@ Cost: each observer calibrating alone on N images in a fresh subprocess: wall ti
 """
 
 import argparse
-import copy
 import json
 import resource
 import subprocess

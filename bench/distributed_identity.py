@@ -7,7 +7,6 @@ Prints the table last and writes distributed_identity.json in --output-dir.
 """
 
 import argparse
-import json
 import os
 import socket
 import tempfile
