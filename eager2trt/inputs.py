@@ -190,6 +190,8 @@ def _shape_of(batch, names: list) -> tuple:
 
 
 def _check_one(x, name: str, model, chw, names):
+    if model is None and chw is not None:  # a graph's input: its own channels and rank
+        return _check_tensor(x, name, chw[0], chw, len(chw) + 1)
     channels = first_conv_channels(model) if model is not None else IMAGE_CHANNELS
     conv = first_conv(model)[0] if model is not None else ""
     return _check_tensor(x, name, channels, chw, input_rank(model), conv)
@@ -204,13 +206,21 @@ def _check_several(batch, name: str, model, shapes, names):
         raise PipelineError(f"{name} is a {_describe(batch)}, but the model takes {len(names)} inputs "
                             f"({', '.join(names)}); pass each batch as a tuple of {len(names)} tensors, or a dict "
                             f"keyed by those names")
+    missing = [n for n in names if isinstance(batch, dict) and n not in batch]
+    if missing:
+        raise PipelineError(f"{name} has no key {', '.join(missing)} (it has {', '.join(map(str, batch))}); key it by "
+                            f"forward()'s parameter names ({', '.join(names)})")
     args = as_args(batch, names)
     if len(args) != len(names):
         raise PipelineError(f"{name} holds {len(args)} tensors, but the model takes {len(names)} inputs "
                             f"({', '.join(names)}); pass one tensor per input")
     for i, (arg, x) in enumerate(zip(names, args)):
+        if shapes and isinstance(x, torch.Tensor) and tuple(x.shape[1:]) != tuple(shapes[i]):
+            raise PipelineError(f"{name} input {arg} has shape {tuple(x.shape[1:])}, but the model's {arg} input was "
+                                f"given {tuple(shapes[i])} (by the first calibration batch); pass the inputs in "
+                                f"forward()'s order ({', '.join(names)}), each of one size throughout")
         _check_tensor(x, f"{name} input {arg}", x.shape[1] if isinstance(x, torch.Tensor) and x.dim() > 1 else 0,
-                      shapes[i] if shapes else None, x.dim() if isinstance(x, torch.Tensor) and x.dim() > 1 else 4)
+                      None, x.dim() if isinstance(x, torch.Tensor) and x.dim() > 1 else 4)
     if len({len(x) for x in args}) > 1:
         raise PipelineError(f"{name}'s inputs hold different numbers of samples ({', '.join(str(len(x)) for x in args)}"
                             f"); pass the same samples of every input")

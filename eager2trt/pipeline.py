@@ -18,6 +18,7 @@ With `int8=` an already converted INT8 model (e.g. from QAT, eager/qat.py) repla
 """
 
 import functools
+import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,7 +50,8 @@ from .heldout import HeldOut, held_out
 from .inputs import check_batches, check_int8_model, check_pipeline_arguments
 from .graph.surgery import ExactRefused, make_tensorrt_ready
 from .runtime.backends import OnnxRunner, PyTorchRunner, run_together
-from .runtime.inputs import as_args, forward_names, onnx_input_shape, peek, random_batches
+from .checks.tally import Score
+from .runtime.inputs import as_args, as_outputs, forward_names, head, onnx_input_shape, peek, random_batches, rows
 
 MODES = ("exact", "fast")
 USE_EXACT = "use the exact graph for this model"  # the fast graph's defect fix, kept where the exact graph passes
@@ -297,12 +299,16 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable, o
     if metric is not None and not callable(metric):
         raise PipelineError(f"metric is a {type(metric).__name__}; pass a function metric(outputs, labels) -> float "
                             f"(higher is better), or leave it out for top-1")
+    if not isinstance(accuracy_budget, (int, float)) or not math.isfinite(accuracy_budget) or accuracy_budget < 0:
+        raise PipelineError(f"accuracy_budget is {accuracy_budget!r}; pass a finite number of points, 0 or more "
+                            f"(default {contract.ACCURACY_BUDGET:g})")
     if float_twin is not None and (int8 is None or not isinstance(float_twin, torch.nn.Module)):
         raise PipelineError("float_twin is the float model an int8= model was converted from (quantize_qat's "
                             "float_model); pass it together with int8=, or leave it out")
     example, calibration_batches = peek(calibration_batches, "calibration_batches")
     shape = input_shapes(fp32, example)
     real = held_out(images, labels, data, fp32, shape)
+    check_held_out(fp32, real, metric, fallback)
     holdout_arrays = _check_fallback_arguments(fp32, holdout, real, images, shape) if fallback else None
     paths = ArtifactPaths(ensure_writable_dir(output_dir, "output_dir"), name)
     done = []  # the finished run's result; a failed one keeps the earlier run's files aside (fresh_run)
@@ -314,6 +320,48 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable, o
     if result.failure is not None:
         raise run_failed(result)
     return result
+
+
+def check_held_out(fp32: torch.nn.Module, real: Optional[HeldOut], metric: Optional[Callable],
+                   fallback: bool) -> None:
+    """The held-out data's first batch against the FP32 model, before anything is written: the batch itself
+    (checked as it is read), its labels against the first output (shape, values), the metric once, and what the
+    fallback needs (one classifier output, one label per image). Later batches are checked as they come."""
+    if metric is not None and (real is None or not real.labelled):
+        raise PipelineError("metric= scores outputs against labels; pass labels= (or data=) with it, or leave "
+                            "metric out")
+    if real is None:
+        return
+    batch, labels = real.first()
+    n = PREFLIGHT_SAMPLES if isinstance(labels, (torch.Tensor, np.ndarray, list, tuple)) or labels is None \
+        else rows(batch)
+    outputs = _fp32_outputs(fp32, head(batch, n))
+    if labels is not None:
+        Score().add(outputs, labels[:n], metric)
+    maps = labels is not None and np.ndim(labels) > 1 if isinstance(labels, (torch.Tensor, np.ndarray)) else False
+    if fallback and (len(outputs) > 1 or maps):
+        raise PipelineError(f"fallback=True ranks layers by per-image top-1 of one classifier output, and this model "
+                            f"has {len(outputs)} output(s) with {'label maps' if maps else 'labels'} of shape "
+                            f"{tuple(np.shape(labels))}; run without fallback (every output is still checked)")
+
+
+PREFLIGHT_SAMPLES = 8  # samples of the first held-out batch the model and labels are checked on before writing
+
+
+def _fp32_outputs(fp32: torch.nn.Module, batch) -> list:
+    """The FP32 model's outputs on a checked batch as arrays, each a tensor keeping the batch dimension."""
+    from .eager.model import check_outputs
+
+    args = as_args(batch)
+    with torch.no_grad():
+        try:
+            out = as_outputs(fp32.eval()(*args))
+        except RuntimeError as exc:
+            raise PipelineError(f"the FP32 model cannot run the held-out data's first batch "
+                                f"({str(exc).splitlines()[0][:120]}); pass inputs of the size the model was built "
+                                f"for") from None
+    check_outputs(out, len(args[0]))
+    return [o.float().numpy() for o in out]
 
 
 def run_failed(result: "PipelineResult") -> CheckFailed:
@@ -614,6 +662,12 @@ def _accuracy_not_checked(tally, inputs: str) -> str:
             f"{tally.samples} {inputs} inputs; pass images= and labels= (or data=) of held-out real data to check it")
 
 
+def graph_chw(model: onnx.ModelProto) -> Optional[tuple]:
+    """A one-input graph's input CHW (what held-out batches are checked against); None for several inputs."""
+    shape = onnx_input_shape(model)
+    return None if isinstance(shape[0], tuple) else tuple(shape[1:])
+
+
 def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision: str = "fp32",
                  images: Optional[list] = None, labels: Optional[torch.Tensor] = None,
                  fp32_onnx: Optional[Path] = None, reference: Optional[tuple] = None, allow_fp32: bool = False,
@@ -639,7 +693,7 @@ def rewrite_onnx(source: Path, target: Path, mode: str = "exact", high_precision
     if verify:
         shape = onnx_input_shape(original, batch_size=8)
         random = random_batches(shape if isinstance(shape[0], tuple) else tuple(shape), n=4)
-        inputs = Inputs(random, held_out(images, labels, data, None, None))
+        inputs = Inputs(random, held_out(images, labels, data, None, graph_chw(original)))
         runners = {"export": OnnxRunner(original), **graph_runners({mode: graph}),
                    **({"fp32": OnnxRunner(fp32_onnx)} if fp32_onnx is not None else {}),
                    **({"pytorch": reference[0]} if reference is not None and inputs.labelled else {})}
@@ -696,7 +750,7 @@ def write_fp16(fp32_onnx: Path, target: Path, images: Optional[list] = None, lab
     refuse_quantized(source, fp32_onnx)
     fp16 = to_fp16(source)
     checks = []
-    real = held_out(images, labels, data, None, None)
+    real = held_out(images, labels, data, None, graph_chw(source))
     if real is not None and real.labelled:
         runners = {"fp16": OnnxRunner(fp16), **({"fp32": OnnxRunner(source)} if fp32_accuracy is None else {})}
         tally = run_together(runners, real, [], desc="FP16 ONNX")

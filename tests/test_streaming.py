@@ -133,3 +133,56 @@ def test_a_missed_budget_on_several_outputs_never_advises_the_fallback(tmp_path)
     text = str(info.value)
     assert text.startswith("check int8_accuracy failed") and "try calibration='auto'" in text and "QAT" in text
     assert "fallback" not in text and "\n" not in text
+
+
+class Failing(torch.utils.data.Dataset):
+    """A data set whose image 10 cannot be read (a truncated file)."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        if i == 10:
+            raise OSError("cannot read image 10: truncated file")
+        return torch.zeros(3, 16, 16), 0
+
+
+X, Y = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(9)), torch.arange(8) % 4
+BAD_HELD_OUT = [  # (keyword arguments, the sentence's start): found on the first batch, before anything is written
+    ({"data": DataLoader(TensorDataset(X, Y, Y), batch_size=8)}, "data yields lists of 3 items; pass an iterable of "
+                                                                 "(inputs, labels) pairs"),
+    ({"data": [(X, None)]}, "data gives no labels (None) for batch 0; pass (inputs, labels) pairs, or images="),
+    ({"images": [X], "labels": torch.eye(4)[Y]}, "the labels have shape (8, 4) for a first output of shape (8, 4); "
+                                                 "pass one class index per sample, shape (8,) (one-hot: y.argmax(1))"),
+    ({"images": [X], "labels": Y + 4}, "the labels hold 4, outside the 4 classes of the first output (0..3)"),
+    ({"images": [X], "labels": Y + 0.5}, "the labels hold non-integer values (e.g. 0.5)"),
+    ({"data": [(X, ["cat"] * 8)]}, "the labels are list, not numbers; pass integer class indices"),
+    ({"data": DataLoader(Failing(), batch_size=4)}, None),  # batch 2 fails: told, but only when it is read
+    ({"images": [X], "metric": lambda outputs, labels: 1.0}, "metric= scores outputs against labels; pass labels="),
+    ({"images": [X], "labels": Y, "accuracy_budget": float("nan")}, "accuracy_budget is nan; pass a finite number"),
+]
+
+
+@pytest.mark.parametrize("kwargs, start", BAD_HELD_OUT)
+def test_bad_held_out_data_is_one_sentence(classifier, tmp_path, kwargs, start):
+    model, calib, _, _ = classifier
+    with pytest.raises(PipelineError) as info:
+        quantize_to_tensorrt(model, calib, tmp_path, **kwargs)
+    text = str(info.value)
+    assert "\n" not in text
+    if start is None:  # read in the run: the sentence names the batch, the earlier run stays whole
+        assert text == ("data fails on batch 2 (OSError: cannot read image 10: truncated file); fix the data set or "
+                        "its DataLoader")
+    else:
+        assert text.startswith(start) and not list(tmp_path.glob("*.onnx"))
+
+
+def test_outputs_must_keep_the_batch_dimension(tmp_path):
+    class Pooled(zoo.TwoOutputDetector):
+        def forward(self, x):
+            cls, box = super().forward(x)
+            return cls, box.mean()
+
+    with pytest.raises(PipelineError, match=r"^output 1 of the model has shape \(\) for a batch of 4; every output "
+                                            r"must keep the batch dimension first"):
+        quantize_to_tensorrt(Pooled().eval(), [torch.randn(4, 3, 16, 16)], tmp_path)

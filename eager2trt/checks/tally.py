@@ -48,7 +48,8 @@ class Stats:
         self.sq_diff += float((d * d).sum())
         self.sq_reference += float((r * r).sum())
         self.abs_diff += float(np.abs(d).sum())
-        self.max_abs = max(self.max_abs, float(np.abs(d).max()) if d.size else 0.0)
+        largest = float(np.abs(d).max()) if d.size else 0.0
+        self.max_abs = math.inf if math.isnan(largest) else max(self.max_abs, largest)  # NaN must not pass a bound
         return self
 
     @classmethod
@@ -96,6 +97,37 @@ def _metric(metric: Callable, outputs: list, labels) -> float:
     return value
 
 
+def _numeric(labels) -> Optional[np.ndarray]:
+    """Labels as a numeric array, None when they are not numbers (a metric's targets: dicts, strings)."""
+    try:
+        y = np.asarray(torch.as_tensor(labels).cpu() if not isinstance(labels, np.ndarray) else labels)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return y if y.dtype.kind in "biuf" else None
+
+
+def _integral(y: np.ndarray) -> bool:
+    return y.dtype.kind in "biu" or bool(np.all(np.mod(y, 1) == 0))
+
+
+def _class_indices(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Labels checked against the first output: one integer class per sample (N,) for (N, C) logits, or one label
+    map per sample (N, H, W) for (N, C, H, W) maps."""
+    if out.ndim < 2:
+        raise PipelineError(f"the first output has shape {out.shape}, no class dimension to score labels on; pass "
+                            f"metric= to score it")
+    want = _argmax(out).shape
+    if y.shape != want:
+        raise PipelineError(f"the labels have shape {y.shape} for a first output of shape {out.shape}; pass one class "
+                            f"index per sample, shape {want[:1]} (one-hot: y.argmax(1))"
+                            + (f", or one label map per sample, shape {want}" if len(want) > 1 else "")
+                            + ", or metric= to score other targets")
+    if not _integral(y):
+        raise PipelineError(f"the labels hold non-integer values (e.g. {y[np.mod(y, 1) != 0].flat[0]:g}); pass "
+                            f"integer class indices")
+    return y.astype(np.int64)
+
+
 @dataclass
 class Score:
     """One model's figures against labels: top-1 of the labelled output (per pixel when labels are maps), mIoU over
@@ -104,32 +136,45 @@ class Score:
 
     correct: int = 0
     counted: int = 0
+    classes: int = 0
     confusion: Optional[np.ndarray] = None
     metric_sum: float = 0.0
     metric_samples: int = 0
 
-    def add(self, outputs: list, labels: torch.Tensor, metric: Optional[Callable] = None) -> None:
-        out, y = np.asarray(outputs[0]), np.asarray(torch.as_tensor(labels).cpu())
-        pred = _argmax(out)
-        if metric is None or y.shape == pred.shape or y.shape == (len(out),):
-            self._add_top1(out, pred, y.astype(np.int64))
+    def add(self, outputs: list, labels, metric: Optional[Callable] = None) -> None:
+        """One batch. With `metric` the labels go to it as given (any targets) and top-1 is counted only where they
+        are class indices or maps of the first output's shape; without, they must be (one sentence otherwise)."""
+        out = np.asarray(outputs[0])
         if metric is not None:
             n = len(out)
             self.metric_sum += _metric(metric, outputs, labels) * n
             self.metric_samples += n
+            y = _numeric(labels)
+            if y is not None and out.ndim >= 2 and y.shape == _argmax(out).shape and _integral(y):
+                self._add_top1(out, y.astype(np.int64), strict=False)
+            return
+        y = _numeric(labels)
+        if y is None:
+            raise PipelineError(f"the labels are {type(labels).__name__}, not numbers; pass integer class indices (or "
+                                f"label maps), or pass metric= to score other targets")
+        self._add_top1(out, _class_indices(y, out), strict=True)
 
-    def _add_top1(self, out: np.ndarray, pred: np.ndarray, y: np.ndarray) -> None:
-        if y.ndim >= 2:  # label maps: count valid pixels only
-            classes = out.shape[1]
+    def _add_top1(self, out: np.ndarray, y: np.ndarray, strict: bool) -> None:
+        pred, classes = _argmax(out), out.shape[1]
+        self.classes = classes
+        if y.ndim >= 2:  # label maps: count valid pixels only (255 and the like are ignored)
             valid = (y >= 0) & (y < classes)
             self.correct += int((pred[valid] == y[valid]).sum())
             self.counted += int(valid.sum())
-            cm = np.bincount(y[valid] * classes + pred[valid], minlength=classes * classes)
-            cm = cm.reshape(classes, classes)
+            cm = np.bincount(y[valid] * classes + pred[valid], minlength=classes * classes).reshape(classes, classes)
             self.confusion = cm if self.confusion is None else self.confusion + cm
-        else:
-            self.correct += int((pred == y.reshape(-1)).sum())
-            self.counted += len(y)
+            return
+        outside = y[(y < 0) | (y >= classes)]
+        if len(outside) and strict:
+            raise PipelineError(f"the labels hold {int(outside[0])}, outside the {classes} classes of the first output "
+                                f"(0..{classes - 1}); pass labels numbered from 0")
+        self.correct += int((pred == y).sum())
+        self.counted += len(y)
 
     @property
     def accuracy(self) -> float:
@@ -150,7 +195,12 @@ class Score:
 
     def value(self) -> float:
         """The figure guards hold: the user metric when given, else top-1."""
-        return self.metric if self.metric is not None else self.accuracy
+        if self.metric is not None:
+            return self.metric
+        if not self.counted:
+            raise PipelineError(f"the label maps hold no pixel in 0..{self.classes - 1} (every pixel is ignored, e.g. "
+                                f"255); check the label maps")
+        return self.accuracy
 
     def figures(self) -> dict:
         return {"top1": self.accuracy, "counted": self.counted, "miou": self.miou, "metric": self.metric}

@@ -144,20 +144,20 @@ class _InputOnly(torch.nn.Module):
 
     def forward(self, *inputs):
         out = self.model(*inputs)
-        return tuple(out.values()) if isinstance(out, dict) else out
+        return tuple(out.values()) if isinstance(out, dict) else tuple(out) if isinstance(out, list) else out
 
 
 def input_only(model: torch.nn.Module, example: tuple = ()) -> torch.nn.Module:
     """`model`, or `model` wrapped so that it takes its required inputs alone when forward's further parameters all
     have defaults (a required second input is a two-input model, which this wrapper would only hide), or so that a
-    dict of outputs is returned as a tuple (what tracing takes)."""
+    dict or list of outputs is returned as a tuple (what tracing and the exporter take)."""
     params = list(inspect.signature(model.forward).parameters.values())[len(forward_names(model)) or 1:]
     optional = params and all(p.default is not inspect.Parameter.empty for p in params)
-    returns_dict = False
+    container = False
     if example and not optional:
         with torch.no_grad():
-            returns_dict = isinstance(model(*example), dict)
-    return _InputOnly(model) if optional or returns_dict else model
+            container = isinstance(model(*example), (dict, list))
+    return _InputOnly(model) if optional or container else model
 
 
 @contextlib.contextmanager

@@ -150,7 +150,7 @@ def fuse(model: torch.nn.Module, input_shape: tuple, num_checks: int = 4,
             raise PipelineError(f"the FP32 model cannot run inputs of shape {tuple(input_shape)} "
                                 f"({str(exc).splitlines()[0][:120]}); pass inputs of the size the model "
                                 f"was built for") from None
-        _check_outputs(ref)
+        check_outputs(ref, num_checks)
         out = as_outputs(fused(*x))
     max_abs = max((r - o).abs().max().item() for r, o in zip(ref, out))
     # Folding BatchNorm into float32 weights changes each layer by float32 rounding of its own activations, so the
@@ -164,12 +164,17 @@ def fuse(model: torch.nn.Module, input_shape: tuple, num_checks: int = 4,
     return fused, max_abs
 
 
-def _check_outputs(outputs: list) -> None:
-    """Every output a float tensor (a tuple or dict of them for several heads), finite on random inputs."""
+def check_outputs(outputs: list, rows: int) -> None:
+    """Every output a float tensor (a tuple or dict of them for several heads) that keeps the batch dimension first
+    (the graphs' batch is dynamic), finite on random inputs."""
     for i, o in enumerate(outputs):
         if not isinstance(o, torch.Tensor):
             raise PipelineError(f"output {i} of the model is a {type(o).__name__}, not a tensor; return a tensor, or "
                                 f"a tuple or dict of tensors (one per head)")
+        if o.dim() == 0 or o.shape[0] != rows:
+            raise PipelineError(f"output {i} of the model has shape {tuple(o.shape)} for a batch of {rows}; every output "
+                                f"must keep the batch dimension first (the graph's batch is dynamic): reduce over the "
+                                f"other dimensions only")
         if not torch.isfinite(o).all():
             raise PipelineError("the model computes values that are not finite (NaN or inf) on random inputs, "
                                 "before fusion; check its weights (eager2trt.inputs.check_model names the tensors)")

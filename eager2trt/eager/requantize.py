@@ -29,7 +29,7 @@ from .engines import AUTO, candidate_engines
 from .model import fuse
 from .quantize import prepare_for
 from .quiet import quantized_api
-from ..runtime.inputs import as_args, as_outputs
+from ..runtime.inputs import as_args, as_outputs, head
 
 # quint8 zero point 128 maps exactly to int8 zero point 0 (graph/surgery.py int8_zero_points); qint8 0 is int8 0
 SYMMETRIC_ZERO_POINTS = {torch.quint8: 128, torch.qint8: 0}
@@ -87,7 +87,7 @@ def refuse_if_not_running(int8: torch.nn.Module, example: torch.Tensor) -> None:
     """Raise one sentence unless `int8` runs one image on the current quantized engine."""
     try:
         with torch.no_grad(), quantized_api():
-            int8(example[:1])
+            int8(*as_args(head(example, 1)))
     except (RuntimeError, NotImplementedError) as exc:
         first = str(exc).strip().splitlines()[0][:160]
         engine = torch.backends.quantized.engine
@@ -234,6 +234,9 @@ def to_project_scheme(int8: torch.nn.Module, fused: torch.nn.Module, batches: It
     if not asymmetric:
         return int8, Check("requantization", None, "not needed", True,
                            detail="int8's activations and weights are symmetric (zero point 128 quint8 or 0): used as is")
+    if len(as_args(example)) > 1:
+        raise PipelineError(f"int8 has affine activations ({asymmetric[0]}, ...) to re-derive as symmetric, which is "
+                            f"done for models with one input only; {FIX}")
     prepared = prepare_for(fused if float_twin is None else _fused(float_twin, example), "quint8", "minmax")
     acts = activations(int8, prepared)
     refuse_foreign_weights(int8, prepared)
