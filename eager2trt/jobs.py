@@ -1,9 +1,9 @@
 """The project's jobs, composed from pipeline calls: the main job (one process) and its first step, on CIFAR-10 (the
 default, decoded once and cached) or any torchvision ImageFolder data set (eager/folders.py).
 
-`main_job` trains or loads the FP32 model, runs `pipeline.quantize_to_tensorrt` on the real test images (each
-model evaluated once; every check reads those logits), makes the FP16 ONNX and records everything in
-metrics.json under the sections the step-by-step scripts write. The CLIs parse flags and call one of these. Its
+`main_job` trains or loads the FP32 model, runs `pipeline.quantize_to_tensorrt` on the real test images (streamed:
+every model on each batch once, every check on the running statistics), makes the FP16 ONNX and records everything
+in metrics.json under the sections the step-by-step scripts write, all as one run of files. The CLIs parse flags and call one of these. Its
 stages (job_inputs, job_models, finish_job) are also parallel_job.py's, which runs them under torchrun.
 """
 
