@@ -22,9 +22,11 @@ from .calib_files import FileData, array_batches, load_array_file, load_script_d
 from .contract import ArtifactPaths
 from .eager import distributed
 from .eager.calibration import split_training
-from .eager.data import CIFAR10_CLASSES, calibration_batches, check_label_set, class_folder_names, load_cifar10
+from .eager.data import (CIFAR10_CLASSES, calibration_batches, check_label_set, class_folder_names, layout_help,
+                         load_cifar10)
 from .eager.folders import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Presets, eval_split_name, load_image_folder
 from .eager.model import build_model, build_user_model, load_state_dict
+from .errors import PipelineError
 from .inputs import check_model
 from .eager.requantize import load_int8_model
 from .heldout import SplitBatches
@@ -135,6 +137,11 @@ def class_count(data: DataOptions) -> int:
     """The number of classes `data` holds, from its folder names only (10 for CIFAR-10): checks that need it run
     before any image is decoded."""
     if uses_cifar10(data):
+        root = Path(data.data_dir)
+        evaluated = [s for s in ("val", "test") if (root / s).is_dir()]
+        if evaluated and not (data.download or (root / "cifar-10-batches-py").is_dir() or (root / "train").is_dir()):
+            # an image folder without train/ would otherwise be counted as CIFAR-10's 10 classes
+            raise PipelineError(f"{root} has {evaluated[0]}/ but no train/ folder; {layout_help(root)}")
         return CIFAR10_CLASSES
     return len(class_folder_names(Path(data.data_dir) / "train"))
 

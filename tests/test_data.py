@@ -149,3 +149,14 @@ def test_calibration_batches_cover_every_class_of_a_class_sorted_split():
     assert first.shape == (64, 3, 2, 2) and len(classes) == 10
     assert sum(len(b) for b in calibration_batches(Split(images, labels), 64, limit=3)) == 192
     assert sum(len(b) for b in calibration_batches(Split(images, labels), 64)) == 1000
+
+
+def test_a_folder_without_train_is_not_counted_as_cifar10(tmp_path):
+    """A val/-only image folder was taken for CIFAR-10 (10 classes) and its graph refused for the wrong reason."""
+    from eager2trt.jobs import DataOptions, class_count
+
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    with pytest.raises(PipelineError, match=r"has val/ but no train/ folder; expected either .* is read with "
+                                            r"--image-size N$"):
+        class_count(DataOptions(data_dir=tmp_path))
+    assert class_count(DataOptions(data_dir=tmp_path / "absent")) == 10  # the loader says what it expected, later

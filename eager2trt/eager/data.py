@@ -64,10 +64,12 @@ class Split:
         return epoch_batches(self, batch_size, generator)
 
 
-def _layout_help(root: Path) -> str:
+def layout_help(root: Path) -> str:
+    """What a CIFAR-10 folder must hold, and how to read any other folder instead (docs/data.md)."""
     return (f"expected either torchvision's layout ({root}/cifar-10-batches-py, use --download where the "
             f"internet is reachable) or an image folder ({root}/train/<class>/*.png with 50,000 images and "
-            f"{root}/test/<class>/*.png with 10,000)")
+            f"{root}/test/<class>/*.png with 10,000); any other image folder (train/ and val/ or test/ class "
+            f"folders) is read with --image-size N")
 
 
 def _unreadable(path: Path, exc: OSError, what: str = "folder") -> PipelineError:
@@ -169,7 +171,7 @@ def _check_counts(root: Path, counts: dict, classes: dict, strict: bool) -> None
     bad += [s for s in classes if classes[s] != CIFAR10_CLASSES and s not in bad]
     if bad:
         found = ", ".join(f"{s}: {counts.get(s, 0)} images in {classes.get(s, 0)} classes" for s in expected)
-        raise PipelineError(f"CIFAR-10 under {root} is incomplete (found {found}); {_layout_help(root)}")
+        raise PipelineError(f"CIFAR-10 under {root} is incomplete (found {found}); {layout_help(root)}")
 
 
 def _decode_png(path: Path) -> np.ndarray:
@@ -214,7 +216,7 @@ def _load_torchvision(root: Path, download: bool) -> dict[str, Split]:
         return {s: _to_split(ds.data, ds.targets) for s in CIFAR10_COUNTS
                 for ds in [CIFAR10(str(root), train=(s == "train"), download=download)]}
     except RuntimeError as exc:  # torchvision raises RuntimeError for missing or corrupt batches
-        raise PipelineError(f"CIFAR-10 under {root} could not be read ({exc}); {_layout_help(root)}") from None
+        raise PipelineError(f"CIFAR-10 under {root} could not be read ({exc}); {layout_help(root)}") from None
     except OSError as exc:  # urllib's URLError (no network, DNS, proxy) is an OSError, so are disk errors
         reason = getattr(exc, "reason", None) or exc.strerror or exc
         if download:
@@ -251,7 +253,7 @@ def _load_splits(root: Path, download: bool, cache_dir: Optional[Path], strict: 
     if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
         raise _unreadable(root, PermissionError()) from None
     if not ((root / "train").is_dir() and (root / "test").is_dir()):
-        raise PipelineError(f"no CIFAR-10 found under {root}; {_layout_help(root)}")
+        raise PipelineError(f"no CIFAR-10 found under {root}; {layout_help(root)}")
     classes = _check_class_names(root)
     listing = {s: _image_folder_files(root, s, classes) for s in CIFAR10_COUNTS}
     cache = _cache_path(root, Path(cache_dir), classes, listing) if cache_dir else None
