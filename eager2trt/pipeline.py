@@ -403,9 +403,6 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, inp
     export_onnx(int8, paths.int8_onnx, example=example)
     int8_ts = export_torchscript(int8, paths.int8_torchscript, example=example)
     export, fp32_onnx = load_onnx(paths.int8_onnx), load_onnx(paths.fp32_onnx)
-    if holdout_arrays is not None and len(export.graph.output) > 1:
-        raise PipelineError(f"fallback=True ranks layers by top-1 of one classifier output, and this model has "
-                            f"{len(export.graph.output)} outputs; run without fallback (every output is still checked)")
 
     # the float ONNX whose unrounded biases the fast and fallback graphs carry
     biases = fp32_onnx if float_twin is None else _twin_onnx(float_twin, example)
