@@ -31,7 +31,7 @@ from .inputs import check_model
 from .eager.requantize import load_int8_model
 from .heldout import SplitBatches
 from .eager.train import Recipe, check_trained, seed_everything, train
-from .pipeline import PipelineResult, QuantizeConfig, quantize_to_tensorrt, write_fp16
+from .pipeline import GPU_SAMPLE, PipelineResult, QuantizeConfig, quantize_to_tensorrt, write_fp16
 from .reports import metrics
 from .reports.plots import plot_training
 from .runtime.backends import PyTorchRunner
@@ -85,6 +85,8 @@ class JobOptions:
     # a converted INT8 model of the checkpoint saved whole (torch.save), instead of calibrating (eager/requantize.py)
     int8_model: Optional[Path] = None
     latency_runs: int = 200
+    device: str = "auto"  # where FP32 and the graphs are evaluated (pipeline.quantize_to_tensorrt's device)
+    cpu_sample: int = GPU_SAMPLE  # beside a GPU, held-out samples PyTorch INT8 and the CPU graphs run on
     overwrite: bool = False  # training may replace an existing FP32 state_dict
     save_every: int = 1
     restart: bool = False
@@ -299,7 +301,8 @@ def finish_job(opts: JobOptions, inputs: JobInputs, models: JobModels, t_start: 
             result = quantize_to_tensorrt(models.fp32, models.calib, opts.output_dir, opts.quantization,
                                           data=inputs.evaluation, fast=opts.fast, accuracy_budget=opts.accuracy_budget,
                                           holdout=models.holdout, fallback=opts.fallback, int8=models.int8,
-                                          float_twin=models.twin, name=inputs.name)
+                                          float_twin=models.twin, name=inputs.name, device=opts.device,
+                                          sample=opts.cpu_sample)
         except CheckFailed as exc:
             failed.append(exc)
         else:
@@ -311,7 +314,8 @@ def _record_job(result: PipelineResult, opts: JobOptions, inputs: JobInputs, mod
                 distributed_record: Optional[dict]) -> dict:
     """After the pipeline: the FP16 ONNX, latencies, and metrics.json."""
     extra = write_fp16(inputs.paths.fp32_onnx, inputs.paths.fp16_onnx, fp32_accuracy=result.accuracy["fp32"],
-                       reference_name="PyTorch FP32", data=inputs.evaluation) if opts.fp16 else []
+                       reference_name="PyTorch FP32", data=inputs.evaluation,
+                       device=result.device) if opts.fp16 else []
     latency = job_latencies(result, inputs.example, opts.latency_runs)
     record = record_of(result, opts, models.training, latency, extra, time.perf_counter() - t_start, models.qat)
     record["pytorch"]["data"] = {"kind": inputs.data["kind"], "classes": inputs.data["classes"], "name": inputs.name,
@@ -390,6 +394,7 @@ def record_of(result: PipelineResult, opts: JobOptions, training: dict, latency:
                "int8_accuracy": result.accuracy.get("int8"), "fusion_max_abs_diff": result.fusion_max_abs_diff,
                "int8_vs_onnx_agreement": result.check("agreement").figures, "latency_batch1_ms": latency,
                "activation_dtype": opts.quantization.activation_dtype, "engine": result.engine,
+               "evaluation_device": result.device, "int8_samples": result.int8_samples,
                "calibration": opts.quantization.calibration, "calib_batches": opts.calib_batches,
                "calibration_choice": getattr(result.int8, "calibration_choice", None),
                "qat_epochs": opts.qat_epochs, "qat": qat, "fallback": opts.fallback,
@@ -404,7 +409,8 @@ def record_of(result: PipelineResult, opts: JobOptions, training: dict, latency:
     for g in result.graphs.values():
         if g.path is not None and g.accuracy is not None:
             ref = "fp32" if g.mode == "fallback" else "int8"  # PyTorch INT8 cannot mirror an ONNX-level fallback
-            validation[g.path.name] = {"backend": "onnxruntime", "model": str(g.path), "accuracy": g.accuracy,
+            backend = "onnxruntime" if result.device == "cpu" else f"pytorch on {result.device} (Q/DQ as onnxruntime)"
+            validation[g.path.name] = {"backend": backend, "model": str(g.path), "accuracy": g.accuracy,
                                        "samples": result.tallies["real"].samples, "quantized": True,
                                        "reference": ref, "reference_accuracy": result.accuracy[ref]}
     if validation:

@@ -17,6 +17,7 @@ kept in float (graph/fallback.py, chosen on held-out training images) and that g
 With `int8=` an already converted INT8 model (e.g. from QAT, eager/qat.py) replaces calibration.
 """
 
+import copy
 import functools
 import math
 import tempfile
@@ -49,7 +50,7 @@ from .graph.placement import make_fast, with_high_precision
 from .heldout import HeldOut, held_out
 from .inputs import check_batches, check_int8_model, check_pipeline_arguments
 from .graph.surgery import ExactRefused, make_tensorrt_ready
-from .runtime.backends import OnnxRunner, PyTorchRunner, run_together
+from .runtime.backends import OnnxRunner, PyTorchRunner, graph_runner, run_together
 from .checks.tally import Score
 from .runtime.inputs import as_args, as_outputs, forward_names, head, onnx_input_shape, peek, random_batches, rows
 
@@ -71,7 +72,11 @@ class QuantizeConfig:
 
 # (candidate, reference) output pairs every run tallies (checks/tally.py); a pair whose models a run lacks is skipped
 PAIRS = (("int8", "export"), ("int8", "fp32"), ("export", "fp32"), ("exact", "export"), ("exact", "fp32"),
-         ("fast", "fp32"), ("fast", "export"), ("pytorch", "export"))
+         ("fast", "fp32"), ("fast", "export"), ("pytorch", "export"), ("exact", "exact_cpu"), ("fast", "fast_cpu"))
+# on a GPU, what runs on the CPU only on the first `sample` held-out samples: PyTorch INT8 (its quantized engines
+# are CPU-only) and the graphs in onnxruntime, the CPU check the GPU's arithmetic is held to (check gpu_vs_cpu)
+CPU_SAMPLED = ("int8", "exact_cpu", "fast_cpu")
+GPU_SAMPLE = 1000  # held-out samples of that sample by default
 
 
 @dataclass
@@ -82,6 +87,12 @@ class Inputs:
     random: list
     real: Optional[HeldOut] = None
     metric: Optional[Callable] = None
+    device: str = "cpu"  # where FP32 and the graphs run ("cuda": PyTorch, runtime/torch_graph.py)
+    sample: int = 0  # on a GPU, the held-out samples CPU_SAMPLED run on
+
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.device) != "cpu"
 
     @property
     def labelled(self) -> bool:
@@ -92,8 +103,9 @@ class Inputs:
 
     def measure(self, runners: dict) -> dict:
         """Every runner on every input set in lockstep: input set -> Tally of PAIRS and labelled scores."""
-        return {k: run_together(runners, v, PAIRS, self.metric, desc=f"{', '.join(runners)} ({k})")
-                for k, v in self.sets().items()}
+        sampled = CPU_SAMPLED if self.on_gpu else ()
+        return {k: run_together(runners, v, PAIRS, self.metric, desc=f"{', '.join(runners)} ({k})", sampled=sampled,
+                                sample=self.sample) for k, v in self.sets().items()}
 
 
 @dataclass
@@ -130,6 +142,8 @@ class PipelineResult:
     checks: list
     accuracy: dict  # fp32, int8, exact, fast: top-1 (or the metric) on the labelled images (empty without labels)
     tallies: dict = field(default_factory=dict, repr=False)  # input set -> checks.tally.Tally (every model's stats)
+    device: str = "cpu"  # where FP32 and the graphs were evaluated
+    int8_samples: Optional[int] = None  # held-out samples PyTorch INT8 ran on (all of them on the CPU)
     notes: list = field(default_factory=list)  # what was not checked, and why
     failure: Optional[Check] = None  # the check that failed the run (checks/policy.py), raised as CheckFailed
 
@@ -178,9 +192,14 @@ def make_graph(export: onnx.ModelProto, mode: str, high_precision: str = "fp32",
     return graph
 
 
-def graph_runners(graphs: dict) -> dict:
-    """onnxruntime runners of the graphs that were made (the graph as written), by mode."""
-    return {g.mode: OnnxRunner(g.model) for g in graphs.values() if g.model is not None}
+def graph_runners(graphs: dict, device: str = "cpu") -> dict:
+    """Runners of the graphs that were made (the graph as written), by mode: onnxruntime on the CPU, PyTorch on a
+    GPU with the same arithmetic, then each graph's onnxruntime twin as MODE_cpu (runtime.backends.graph_runner)."""
+    made = [g for g in graphs.values() if g.model is not None]
+    runners = {g.mode: graph_runner(g.model, device) for g in made}
+    if str(device) != "cpu":
+        runners.update({f"{g.mode}_cpu": OnnxRunner(g.model) for g in made})
+    return runners
 
 
 def per_output(tally, candidate: str, reference: str, check: Callable, *others: tuple) -> Check:
@@ -209,7 +228,7 @@ def check_fast(graph: Graph, tallies: dict, inputs: Inputs, reference: Optional[
     if ("export", "fp32") in tally.stats:
         graph.checks.append(per_output(tally, "export", "fp32", compare.error_ratio, (graph.mode, "fp32")))
     if inputs.labelled and reference is not None:
-        real = tallies["real"]
+        real = tallies["real"].same_samples  # PyTorch INT8's samples
         graph.checks.append(compare.accuracy_recorded("fast_accuracy", score(real, graph.mode), real.samples,
                                                       *reference, agreement=real.pair(graph.mode, "export")[0].agreement))
 
@@ -242,7 +261,8 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable, o
                          accuracy_budget: float = contract.ACCURACY_BUDGET,
                          holdout: Optional[tuple] = None, fallback: bool = False,
                          int8: Optional[torch.nn.Module] = None,
-                         float_twin: Optional[torch.nn.Module] = None, name: Optional[str] = None) -> PipelineResult:
+                         float_twin: Optional[torch.nn.Module] = None, name: Optional[str] = None,
+                         device: str = "cpu", sample: int = GPU_SAMPLE) -> PipelineResult:
     """Fuse, quantize, export and make TensorRT-ready, verifying each step; write every artifact to output_dir
     (named for `name`: N.onnx, N_quantized.onnx, N_quantized_modified.onnx, ...; None: the reference's names,
     contract.artifact_names).
@@ -288,6 +308,12 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable, o
     contract.REQUANTIZATION_RATIO_MAX of the given model's. Everything after (export, agreement, graphs, guard)
     then runs on the model used.
 
+    `device` "cuda" (or "cuda:N", "auto": CUDA where there is one): FP32 and every graph are evaluated on the GPU,
+    the graphs by PyTorch with onnxruntime's Q/DQ arithmetic (runtime/torch_graph.py). PyTorch INT8 stays on the
+    CPU (its quantized engines run nowhere else) and runs on the first `sample` held-out samples, as does each
+    graph in onnxruntime on the CPU: check gpu_vs_cpu holds the GPU's results to the CPU's there, and the INT8
+    checks compare it with FP32 on those samples (result.int8_samples says how many).
+
     `float_twin`: the float model `int8` was converted from, when that is not `fp32` (quantize_qat's
     float_model: fine-tuning moved the weights); the fast and fallback graphs take their unrounded biases from
     it (graph/sensitivity.restore_float_biases), not from `fp32`. FP32 stays the accuracy reference.
@@ -305,6 +331,10 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable, o
     if float_twin is not None and (int8 is None or not isinstance(float_twin, torch.nn.Module)):
         raise PipelineError("float_twin is the float model an int8= model was converted from (quantize_qat's "
                             "float_model); pass it together with int8=, or leave it out")
+    device = resolve_device(device)
+    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 1:
+        raise PipelineError(f"sample is {sample!r}; pass the number of held-out samples PyTorch INT8 and the CPU "
+                            f"graphs run on beside a GPU, 1 or more (default {GPU_SAMPLE})")
     example, calibration_batches = peek(calibration_batches, "calibration_batches")
     shape = input_shapes(fp32, example)
     real = held_out(images, labels, data, fp32, shape)
@@ -314,12 +344,27 @@ def quantize_to_tensorrt(fp32: torch.nn.Module, calibration_batches: Iterable, o
     done = []  # the finished run's result; a failed one keeps the earlier run's files aside (fresh_run)
     with fresh_run(paths.output_dir, paths.run_artifacts(), keep_previous=lambda: done[0].failure is not None):
         done.append(_quantize_to_tensorrt(fp32, calibration_batches, example, paths, config,
-                                          Inputs(random_inputs(shape), real, metric), fast,
+                                          Inputs(random_inputs(shape), real, metric, device, sample), fast,
                                           accuracy_budget, holdout, holdout_arrays, int8, float_twin))
     result = done[0]
     if result.failure is not None:
         raise run_failed(result)
     return result
+
+
+def resolve_device(device: str, what: str = "device is") -> str:
+    """"cpu", or a CUDA device that exists ("auto": CUDA where there is one); one sentence otherwise."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise PipelineError(f"{what} {device!r}; pass cpu, cuda (or cuda:N) or auto")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"{what} {device!r} but PyTorch sees no CUDA GPU here; pass cpu (or auto)")
+    return str(device)
 
 
 def check_held_out(fp32: torch.nn.Module, real: Optional[HeldOut], metric: Optional[Callable],
@@ -409,24 +454,25 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, inp
     graphs = {"exact": make_graph(export, "exact")}
     if fast:
         graphs["fast"] = make_graph(export, "fast", fast, fp32=biases)
-    runners = {"fp32": PyTorchRunner(fp32), "int8": PyTorchRunner(int8), "export": OnnxRunner(export),
-               **graph_runners(graphs)}
-    tallies = inputs.measure(runners)
+    tallies = inputs.measure(_runners(fp32, int8, export, graphs, inputs.device))
     names = [o.name for o in export.graph.output]
     for t in tallies.values():
         t.output_names = names
+        if t.sample is not None:
+            t.sample.output_names = names
     on = tallies.get("real", tallies["random"])
+    same = on.same_samples  # where PyTorch INT8 ran on a sample only (beside a GPU), the others on that sample
     real = inputs.real is not None
     checks = [fusion, *requantization,
-              per_output(on, "int8", "export", lambda a, b, c: agreement(a, b, c, real=real, engine=engine),
+              per_output(same, "int8", "export", lambda a, b, c: agreement(a, b, c, real=real, engine=engine),
                          ("int8", "fp32"), ("export", "fp32")),
               scale_provenance(int8, export)]
     require_all(policy.failed(checks, policy.DEFECT))  # the model itself is wrong: nothing after this can help
     accuracy = {}
     if inputs.labelled:
-        accuracy = {k: score(on, k) for k in ("fp32", "int8")}
-        checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], accuracy["fp32"], accuracy_budget,
-                                     f"PyTorch INT8 ({engine} engine)"))
+        accuracy = {"fp32": score(on, "fp32"), "int8": score(same, "int8")}
+        checks.append(accuracy_guard("int8_accuracy", accuracy["int8"], score(same, "fp32"), accuracy_budget,
+                                     f"PyTorch INT8 ({engine} engine)" + _sample_words(same, on)))
     notes = [] if inputs.labelled else [_accuracy_not_checked(on, "real" if real else "random")]
     notes += _island_notes(int8)
 
@@ -438,6 +484,8 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, inp
             check_exact(g, tallies)
         else:
             check_fast(g, tallies, inputs, reference)
+        if inputs.on_gpu:
+            g.checks.append(per_output(same, g.mode, f"{g.mode}_cpu", compare.gpu_matches_cpu, (g.mode, "fp32")))
         g.checks.append(per_output(on, g.mode, "fp32", lambda s, m=g.mode: compare.distance_recorded(
             f"{m}_vs_fp32", s, f"the {m} graph")))
         if inputs.labelled:
@@ -455,7 +503,8 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, inp
                             "fallback": paths.int8_onnx_fallback}[g.mode])
     result = PipelineResult(fp32=fp32, int8=int8, int8_torchscript=int8_ts, paths=paths, engine=engine,
                             graphs=graphs, checks=checks + [c for g in graphs.values() for c in g.checks],
-                            accuracy=accuracy, tallies=tallies,
+                            accuracy=accuracy, tallies=tallies, device=str(inputs.device),
+                            int8_samples=same.samples if inputs.labelled or real else None,
                             notes=notes + [f"{g.mode} graph not made: {g.refused}" for g in graphs.values()
                                            if g.refused])
     result.failure = _advised(_decide(result, fallback), result)
@@ -464,6 +513,19 @@ def _quantize_to_tensorrt(fp32, calibration_batches, example, paths, config, inp
                                             int8_onnx=paths.int8_onnx.name)
     result.notes += _recorded(result)
     return result
+
+
+def _runners(fp32, int8, export: onnx.ModelProto, graphs: dict, device: str) -> dict:
+    """Every model a run compares: FP32 and the graphs on `device`, PyTorch INT8 on the CPU (its engines' only
+    device), and beside a GPU each graph's onnxruntime twin (graph_runners)."""
+    on_gpu = str(device) != "cpu"
+    return {"fp32": PyTorchRunner(copy.deepcopy(fp32) if on_gpu else fp32, device=device),
+            "int8": PyTorchRunner(int8), "export": graph_runner(export, device), **graph_runners(graphs, device)}
+
+
+def _sample_words(same, on) -> str:
+    """How many held-out samples PyTorch INT8 ran on, where it ran on a sample only."""
+    return f", on the first {same.samples} of {on.samples} samples (FP32 on the same)" if same is not on else ""
 
 
 def _deployable(graph: Graph) -> bool:
@@ -584,7 +646,8 @@ def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout:
     from .graph.sensitivity import analyze, study
 
     batches, labels = holdout
-    s = study(export, batches, labels, fp32=fp32_onnx, float_from=fp32_onnx if float_from is None else float_from)
+    s = study(export, batches, labels, fp32=fp32_onnx, float_from=fp32_onnx if float_from is None else float_from,
+              device=inputs.device)
     ranking = analyze(s, alone_quantized=False, data=f"{s.evaluator.images} held-out training images")
     fb = search(s, ranking, budget)
     graph = Graph("fallback", report={"fallback": fb.as_dict()})
@@ -609,7 +672,7 @@ def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout:
     graph.model = fb.model
     graph.performance = performance_summary(fb.model)
     graph.checks = lint_checks(lint(fb.model, performance="warning")) + [searched]
-    graph.accuracy = score(run_together(graph_runners({"fallback": graph}), inputs.real, [], inputs.metric,
+    graph.accuracy = score(run_together({"fallback": graph_runner(graph.model, inputs.device)}, inputs.real, [], inputs.metric,
                                         desc="fallback graph (real)"), "fallback")
     guard = accuracy_guard("fallback_graph_accuracy", graph.accuracy, fp32_accuracy, budget,
                            f"the fallback graph ({len(fb.kept)} layers kept in float, chosen on held-out training "
@@ -737,10 +800,11 @@ def _verify_fast_file(graph: Graph, tallies: dict, inputs: Inputs, fp32_onnx: Op
 
 def write_fp16(fp32_onnx: Path, target: Path, images: Optional[list] = None, labels: Optional[torch.Tensor] = None,
                fp32_accuracy: Optional[float] = None, reference_name: str = "the FP32 ONNX",
-               data: Optional[Iterable] = None) -> list[Check]:
+               data: Optional[Iterable] = None, device: str = "cpu") -> list[Check]:
     """FP16 ONNX (float32 I/O) for strongly typed TensorRT; with labelled images (or `data`, (inputs, labels)
     pairs), its top-1 held to FP32's within FP16_ACCURACY_TOLERANCE (`fp32_accuracy` when the caller measured it
-    already, else the FP32 ONNX's). Written only when the check passes."""
+    already, else the FP32 ONNX's), evaluated on `device` (a GPU: by PyTorch, runtime/torch_graph.py). Written
+    only when the check passes."""
     from .graph.fp16 import refuse_quantized, to_fp16
 
     source = load_onnx(fp32_onnx)
@@ -749,7 +813,9 @@ def write_fp16(fp32_onnx: Path, target: Path, images: Optional[list] = None, lab
     checks = []
     real = held_out(images, labels, data, None, graph_chw(source))
     if real is not None and real.labelled:
-        runners = {"fp16": OnnxRunner(fp16), **({"fp32": OnnxRunner(source)} if fp32_accuracy is None else {})}
+        device = resolve_device(device)
+        runners = {"fp16": graph_runner(fp16, device),
+                   **({"fp32": graph_runner(source, device)} if fp32_accuracy is None else {})}
         tally = run_together(runners, real, [], desc="FP16 ONNX")
         fp32_accuracy = score(tally, "fp32") if fp32_accuracy is None else fp32_accuracy
         checks.append(compare.accuracy_matches(

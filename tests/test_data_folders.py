@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from conftest import DATA_DIR
 from test_cli import assert_one_sentence
@@ -172,6 +173,10 @@ def test_calib_data_npz_keyed_by_the_input_name(trained, folder, capsys, tmp_pat
     record = json.loads((out / "metrics.json").read_text())["pytorch"]
     assert record["data"]["calibration_source"] == f"--calib-data {tmp_path / 'calib.npz'}"
     assert record["data"]["name"] == "tinted20"
+    # --device auto: the GPU where there is one, PyTorch INT8 then on a sample of --cpu-sample test images
+    assert record["evaluation_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert 0 < record["int8_samples"] <= json.loads((out / "metrics.json").read_text())["validation"][
+        "tinted20_quantized_modified.onnx"]["samples"]
 
 
 LOADER = """
@@ -302,6 +307,8 @@ NOT_QUANTIZABLE = "import torch\ndef make(num_classes):\n    return torch.nn.Lin
     (["--std", "0.2", "0", "0.2"], "--std 0.2 0.0 0.2 has a value at or below 0"),
     (["--mean", "nan", "0", "0"], "--mean nan 0.0 0.0 is not finite"),
     (["--calib-data", "a.npz", "--data-loader-script", "b.py"], "pass one of them"),
+    (["--device", "tpu"], "--device is 'tpu'; pass cpu, cuda (or cuda:N) or auto"),
+    (["--cpu-sample", "0"], "--cpu-sample must be positive, got 0"),
 ])
 def test_bad_model_name_and_preset_flags(folder, capsys, tmp_path, flags, fragment):
     (tmp_path / "nets.py").write_text(NOT_QUANTIZABLE)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..contract import ACCURACY_MATCH, EQUIVALENCE_ATOL, FAST_ERROR_RATIO
+from ..contract import ACCURACY_MATCH, EQUIVALENCE_ATOL, FAST_ERROR_RATIO, GPU_CPU_ERROR_FLOOR, GPU_CPU_RATIO
 from .result import Check
 from .tally import Stats
 
@@ -65,6 +65,26 @@ def error_ratio(exact: Stats, fast: Stats, bound: float = FAST_ERROR_RATIO) -> C
                  fix="use the exact graph for this model",
                  figures={"fast_error": fast_err, "exact_error": exact_err, "ratio": ratio, "bound": bound,
                           "samples": fast.samples})
+
+
+def gpu_matches_cpu(gpu_vs_cpu: Stats, gpu_vs_fp32: Stats, ratio: float = GPU_CPU_RATIO,
+                    floor: float = GPU_CPU_ERROR_FLOOR) -> Check:
+    """One output of a graph run on the GPU (runtime/torch_graph.py) against the same graph in onnxruntime on the
+    CPU, on the same samples: their relative distance at most `ratio` times the graph's relative error against
+    FP32 (an error under `floor` counts as `floor`), so the GPU's figures are the CPU check's. Float32 sums in
+    another order, and other float kernels (sigmoid, erf), round a rare value at a quantization step's midpoint
+    the other way; that must stay small against what INT8 itself changes."""
+    value, bound = gpu_vs_cpu.relative, ratio * max(gpu_vs_fp32.relative, floor)
+    return Check("gpu_vs_cpu", value, f"<= {bound:.3g}", value <= bound,
+                 detail=f"the graph on the GPU vs onnxruntime on the CPU, {gpu_vs_cpu.samples} samples: relative "
+                        f"distance {value:.3g}, bound {ratio:g} x its INT8 error vs FP32 "
+                        f"({gpu_vs_fp32.relative:.3g}, at least {floor:g}), max abs difference "
+                        f"{gpu_vs_cpu.max_abs:.3g}, argmax agreement {gpu_vs_cpu.agreement:.4%}",
+                 fix="the GPU does not compute the graph as the CPU check does; evaluate on the CPU (--device cpu) "
+                     "and please report it with the ONNX file",
+                 figures={"relative_distance": value, "bound": bound, "int8_error": gpu_vs_fp32.relative,
+                          "max_abs_diff": gpu_vs_cpu.max_abs, "argmax_agreement": gpu_vs_cpu.agreement,
+                          "samples": gpu_vs_cpu.samples})
 
 
 def distance_recorded(name: str, stats: Stats, what: str) -> Check:

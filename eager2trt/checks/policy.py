@@ -27,6 +27,7 @@ POLICY = {
     "lint.": DEFECT,
     "equivalence": DEFECT,
     "fast_error_ratio": DEFECT,
+    "gpu_vs_cpu": DEFECT,  # the GPU's Q/DQ arithmetic against onnxruntime's CPU check: figures not to be trusted
     "fp16_accuracy": DEFECT,
     "int8_accuracy": BUDGET,
     "exact_graph_accuracy": BUDGET,

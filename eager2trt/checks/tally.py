@@ -215,6 +215,19 @@ class Tally:
     stats: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
     samples: int = 0
+    sample: Optional["Tally"] = None  # the first batches, every model on them (run_together's `sampled` runners)
+    seconds: dict = field(default_factory=dict)  # model -> seconds its runner took (outputs back on the CPU)
+    seen: dict = field(default_factory=dict)  # model -> samples it ran on
+
+    def throughput(self) -> dict:
+        """Samples per second of each model's runner, and how many samples it ran on."""
+        return {k: {"samples": self.seen[k], "seconds": v, "samples_per_second": self.seen[k] / v if v else None}
+                for k, v in self.seconds.items()}
+
+    @property
+    def same_samples(self) -> "Tally":
+        """The tally in which every model saw the same samples: the sample where some models ran on it only."""
+        return self.sample if self.sample is not None else self
 
     def pair(self, candidate: str, reference: str) -> list[Stats]:
         return self.stats[(candidate, reference)]
@@ -238,4 +251,5 @@ class Tally:
         """Two input sets' statistics together (scores are the first's: labels are on real images only)."""
         stats = {k: [a.merged(b) for a, b in zip(v, other.stats[k])] if k in other.stats else v
                  for k, v in self.stats.items()}
-        return Tally(self.output_names, stats, self.scores or other.scores, self.samples + other.samples)
+        return Tally(self.output_names, stats, self.scores or other.scores, self.samples + other.samples,
+                     self.sample.merged(other.same_samples) if self.sample is not None else None)

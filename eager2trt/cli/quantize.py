@@ -24,7 +24,7 @@ from ..eager.train import Recipe
 from ..errors import PipelineError, require_choice, require_float, require_int, require_ints, run_cli
 from .data_args import add_calibration_file_args, add_data_args, check_data_args, data_options
 from ..graph.placement import HIGH_PRECISIONS
-from ..pipeline import QuantizeConfig
+from ..pipeline import QuantizeConfig, resolve_device
 from ..reports.console import print_checks, print_graph, print_latencies
 
 
@@ -68,6 +68,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default=AUTO,
                    help=f"quantized CPU engine: {AUTO} (the first of onednn, qnnpack whose int8 arithmetic matches the "
                         f"Q/DQ graph on this CPU, measured by a probe) or one of {', '.join(supported_engines())}")
+    p.add_argument("--device", default=defaults.device,
+                   help="where FP32 and the graphs are evaluated: cpu (onnxruntime), cuda[:N] (PyTorch, with "
+                        "onnxruntime's Q/DQ arithmetic, checked against the CPU on --cpu-sample samples) or auto "
+                        "(cuda where there is one)")
+    p.add_argument("--cpu-sample", type=int, default=defaults.cpu_sample,
+                   help="with a GPU: the held-out samples PyTorch INT8 (CPU-only engines) and the graphs in "
+                        "onnxruntime run on; the INT8 checks are measured there, with FP32 on the same samples")
     p.add_argument("--accuracy-budget", type=float, default=contract.ACCURACY_BUDGET,
                    help="fail when INT8 (PyTorch or a TensorRT-ready graph) is more than this many points of top-1 "
                         "below FP32 on the test images")
@@ -113,6 +120,8 @@ def validate(args) -> None:
     require_int("--train-subset", args.train_subset)
     require_int("--calib-batches", args.calib_batches, minimum=0)  # 0: every training image
     require_int("--latency-runs", args.latency_runs)
+    require_int("--cpu-sample", args.cpu_sample)
+    resolve_device(args.device, "--device is")
     require_int("--qat-epochs", args.qat_epochs)  # unset (None): PTQ; 0 or less is refused
     require_float("--accuracy-budget", args.accuracy_budget)
     require_choice("--arch", args.arch, ARCHS)
@@ -169,7 +178,8 @@ def options(args) -> jobs.JobOptions:
                            calib_batches=args.calib_batches or None, accuracy_budget=args.accuracy_budget,
                            fast=None if args.no_fast_graph else args.high_precision, fp16=args.fp16_onnx,
                            fallback=args.fallback, qat_epochs=args.qat_epochs, int8_model=args.int8_model,
-                           latency_runs=args.latency_runs, overwrite=args.overwrite,
+                           latency_runs=args.latency_runs, overwrite=args.overwrite, device=args.device,
+                           cpu_sample=args.cpu_sample,
                            save_every=args.save_every, restart=args.restart)
 
 

@@ -24,9 +24,10 @@ from typing import Iterable, Optional
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import torch
 from tqdm import tqdm
 
-from ..runtime.backends import ort_session
+from ..runtime.backends import graph_runner, ort_session
 from ..errors import PipelineError
 from .onnx_utils import fold_constant_inputs, is_quantized, zero_point
 from .ops import COMPUTE_OPS
@@ -282,12 +283,14 @@ class Measurement:
 class Evaluator:
     """Runs graphs on one fixed set of input batches and measures them against one reference's logits."""
 
-    def __init__(self, batches: list[np.ndarray], labels: Optional[np.ndarray] = None, threads: int = 0):
+    def __init__(self, batches: list[np.ndarray], labels: Optional[np.ndarray] = None, threads: int = 0,
+                 device: str = "cpu"):
         if not batches:
             raise PipelineError("no evaluation batches were given; pass at least one float32 NCHW batch")
         self.batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches]
         self.labels = None if labels is None else np.asarray(labels)
         self.threads = threads
+        self.device = device  # a GPU: each variant run by PyTorch with the CPU's Q/DQ arithmetic (graph_runner)
         self.images = sum(len(b) for b in self.batches)
         if self.labels is not None and len(self.labels) != self.images:
             raise PipelineError(f"{len(self.labels)} labels for {self.images} images; pass one label per image")
@@ -295,9 +298,12 @@ class Evaluator:
         self.runs = 0
 
     def logits(self, model: onnx.ModelProto) -> np.ndarray:
+        self.runs += 1
+        if self.device != "cpu":
+            runner = graph_runner(model, self.device)
+            return np.concatenate([runner.outputs(torch.from_numpy(b))[0] for b in self.batches]).astype(np.float64)
         session = ort_session(model, threads=self.threads)  # Q/DQ as written
         name = session.get_inputs()[0].name
-        self.runs += 1
         return np.concatenate([session.run(None, {name: b})[0] for b in self.batches]).astype(np.float64)
 
     def set_reference(self, model: onnx.ModelProto) -> Measurement:
@@ -351,7 +357,7 @@ def prepare(model: onnx.ModelProto, argument: str = "model") -> onnx.ModelProto:
 
 def study(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np.ndarray] = None,
           fp32: Optional[onnx.ModelProto] = None, threads: int = 0,
-          float_from: Optional[onnx.ModelProto] = None) -> Study:
+          float_from: Optional[onnx.ModelProto] = None, device: str = "cpu") -> Study:
     """Prepare `model`, find its layers, choose their float weights and measure the reference, the INT8 graph
     and the all-float graph on `batches` (float32 NCHW; `labels` one per image, or None for agreement).
 
@@ -376,7 +382,7 @@ def study(model: onnx.ModelProto, batches: list[np.ndarray], labels: Optional[np
                             "nothing to analyse")
     weights, described = _float_weights(graph, matched, "the FP32 ONNX" if float_from is None or float_from is fp32
                                         else "the float model's ONNX (float_from)")
-    evaluator = Evaluator(batches, labels, threads)
+    evaluator = Evaluator(batches, labels, threads, device)
     s = Study(model, layers, weights, described, evaluator, "", None, None, None, restored)  # measurements follow
     float_graph = s.variant(layers)
     s.reference_name = "the FP32 ONNX" if fp32 is not None else "the INT8 graph with every Q/DQ removed"

@@ -6,6 +6,7 @@ figure (accuracy, equivalence, agreement) comes from the same code. `quantized` 
 (quantized modules, Q/DQ nodes, INT8 layers), never from a file name.
 """
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -19,10 +20,12 @@ from ..eager.quiet import quantized_api
 from ..errors import PipelineError
 from .inputs import as_args, as_outputs, forward_names, numpy_feed
 from .timing import measure, summarize
+from .torch_graph import TorchGraphRunner, no_tf32
 
 
 class PyTorchRunner:
-    """An eager or TorchScript module on CPU or CUDA (INT8 modules run on the current quantized engine)."""
+    """An eager or TorchScript module on CPU or CUDA (INT8 modules run on the current quantized engine; float32 on
+    CUDA without TF32, as on the CPU)."""
 
     name = "pytorch"
 
@@ -45,13 +48,13 @@ class PyTorchRunner:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), quantized_api():
+        with torch.no_grad(), quantized_api(), no_tf32():
             return self.model(x).float()
 
     def outputs(self, batch) -> list[np.ndarray]:
         """Every output on a batch of one or several inputs (a tensor, tuple or dict), as CPU float32 arrays."""
         args = [x.to(self.device, non_blocking=True) for x in as_args(batch, forward_names(self.model))]
-        with torch.no_grad(), quantized_api():
+        with torch.no_grad(), quantized_api(), no_tf32():
             return [o.float().cpu().numpy() for o in as_outputs(self.model(*args))]
 
     def benchmark(self, batch: int, runs: int, image_shape: tuple) -> dict:
@@ -208,20 +211,41 @@ def logits(runner, batches: Iterable, desc: str = None) -> np.ndarray:
 
 
 def run_together(runners: dict, data: Iterable, pairs: list, metric=None, desc: str = "models",
-                 names: Optional[list] = None):
+                 names: Optional[list] = None, sampled: tuple = (), sample: int = 0):
     """Every runner on each batch of `data` ((inputs, labels or None) pairs), in lockstep: each batch is read once
     and what the checks need is added to a Tally (checks/tally.py) for each (candidate, reference) of `pairs` and,
     with labels, each model's score. No output is kept, so memory does not grow with the data. `names`: the
-    outputs' names, for the checks' words."""
+    outputs' names, for the checks' words. The runners named in `sampled` (the slow CPU ones beside a GPU) run on
+    the first batches only, until `sample` samples are seen; those batches are also tallied apart, every runner
+    on them (tally.sample), so a sampled model is compared with the others on the same samples."""
     from ..checks.tally import Tally
 
     tally = Tally(list(names or []))
+    part = Tally(list(names or [])) if sampled else None
     for batch, labels in tqdm(data, desc=desc, unit="batch", leave=False, delay=2.0):
-        outputs = {name: [np.asarray(o, np.float32) for o in runner.outputs(batch)] for name, runner in runners.items()}
+        within = part is not None and part.samples < sample
+        outputs = {}
+        for name, runner in runners.items():
+            if within or name not in sampled:
+                t0 = time.perf_counter()
+                outputs[name] = [np.asarray(o, np.float32) for o in runner.outputs(batch)]
+                tally.seconds[name] = tally.seconds.get(name, 0.0) + time.perf_counter() - t0
+                tally.seen[name] = tally.seen.get(name, 0) + len(outputs[name][0])
         tally.add(outputs, pairs, labels, metric)
+        if within:
+            part.add(outputs, pairs, labels, metric)
     if not tally.samples:
         raise PipelineError("the data to evaluate on holds no batches; pass at least one batch of real inputs")
+    tally.sample = part
     return tally
+
+
+def graph_runner(model, device: Union[str, torch.device] = "cpu"):
+    """An ONNX graph's runner: onnxruntime for "cpu", Q/DQ as written; PyTorch on any other torch device (a GPU),
+    the same arithmetic (runtime/torch_graph.py)."""
+    if str(device) == "cpu":
+        return OnnxRunner(model)
+    return TorchGraphRunner(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)), device)
 
 
 @dataclass
