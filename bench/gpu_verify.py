@@ -32,7 +32,7 @@ COLUMNS = ("device", "images", "seconds", "images_per_second", "peak_rss_mib", "
            "export", "exact", "fast", "fp16", "fallback_eval_s", "int8_samples", "gpu_vs_cpu", "checks_passed")
 
 
-def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, workers: int) -> dict:
+def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, workers: int, batch: int) -> dict:
     """One run in this process: the pipeline's verification on `n` images on `device`, then FP16 and one
     fallback-study evaluation."""
     from eager2trt.eager.model import build_model
@@ -44,7 +44,7 @@ def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, 
     model = build_model(arch, classes)
     shape = (3, size, size)
     calib = [torch.randn(32, *shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(4)]
-    loader = torch.utils.data.DataLoader(Synthetic(n, shape, classes), batch_size=250, num_workers=workers,
+    loader = torch.utils.data.DataLoader(Synthetic(n, shape, classes), batch_size=batch, num_workers=workers,
                                          pin_memory=device != "cpu", persistent_workers=workers > 0)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
@@ -82,6 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="DEVICE:IMAGES per run (default: cpu:500 cuda:1000 cuda:50000)")
     p.add_argument("--sample", type=int, default=1000, help="the CPU sample beside a GPU (default: 1000)")
     p.add_argument("--workers", type=int, default=6, help="DataLoader workers (default: 6)")
+    p.add_argument("--batch", type=int, default=250, help="held-out batch size (default: 250)")
     p.add_argument("--output-dir", type=Path, default=Path("bench/results"))
     p.add_argument("--name", default="gpu_verify_h100", help="file stem of the .json and .md")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -91,20 +92,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> int:
     if args.child:
         device, n = args.runs[0].split(":", 1) if args.runs[0].count(":") == 1 else args.runs[0].rsplit(":", 1)
-        print(json.dumps(child(args.arch, args.classes, args.image_size, int(n), device, args.sample, args.workers)))
+        print(json.dumps(child(args.arch, args.classes, args.image_size, int(n), device, args.sample, args.workers,
+                               args.batch)))
         return 0
     rows = []
     for run in args.runs:
         cmd = [sys.executable, "-m", "bench.gpu_verify", "--child", "--arch", args.arch, "--classes", str(args.classes),
                "--image-size", str(args.image_size), "--runs", run, "--sample", str(args.sample),
-               "--workers", str(args.workers)]
+               "--workers", str(args.workers), "--batch", str(args.batch)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode:
-            raise SystemExit(f"the run {run} failed: {done.stderr.strip().splitlines()[-3:]}")
+            raise SystemExit(f"the run {run} failed (exit {done.returncode}; negative: killed by that signal, e.g. -9 "
+                             f"out of memory): {done.stderr.strip().splitlines()[-3:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print({k: rows[-1][k] for k in COLUMNS}, flush=True)
     command = " ".join(["python -m bench.gpu_verify", "--arch", args.arch, "--classes", str(args.classes),
-                        "--image-size", str(args.image_size), "--runs", *args.runs, "--sample", str(args.sample)])
+                        "--image-size", str(args.image_size), "--runs", *args.runs, "--sample", str(args.sample),
+                        "--batch", str(args.batch)])
     text = write_results(args.output_dir, args.name, command, rows, COLUMNS,
                          "(seconds and images_per_second: the whole pipeline run; fp32..fp16: each model's own "
                          "images/s; fallback_eval_s: one graph variant on 1,000 held-out images, the fallback "

@@ -45,10 +45,12 @@ FAST_ACCURACY_DROP = {"fp32": 0.001, "fp16": 0.003}
 FAST_ERROR_RATIO = 1.25  # without data: fast graph's logit error vs FP32 within this multiple of the exact graph's
 # a graph on the GPU (runtime/torch_graph.py) vs onnxruntime's CPU run of it, on the same samples: their relative
 # distance at most GPU_CPU_RATIO of the graph's relative distance from FP32, an INT8 error under GPU_CPU_ERROR_FLOOR
-# counting as that. Float kernels that differ in the last bit (sums in cuDNN's order, sigmoid, hardswish) round a
-# value at a quantization step's midpoint the other way: measured on the zoo in PyTorch on the CPU, a few such
-# steps are 0.2-0.5% of the output (INT8's own error ~1%); an op computed otherwise differs by about INT8's error
-GPU_CPU_RATIO, GPU_CPU_ERROR_FLOOR = 0.5, 0.01
+# counting as that, and argmax agreement >= AGREEMENT_MIN. Float kernels that differ in the last bit (sums in
+# another order, sigmoid) round a value at a quantization step's midpoint the other way, and on a deep network each
+# such step moves the values after it: measured on ResNet50 (1,000 classes, 224 px, random weights, 32 images), the
+# exact graph in PyTorch on the CPU vs onnxruntime 2.02%, on an H100 vs onnxruntime 2.04%, in float64 2.04%, its
+# INT8 error 2.3%: two faithful CPU runs differ by about INT8's own error, so that is the bound
+GPU_CPU_RATIO, GPU_CPU_ERROR_FLOOR = 1.0, 0.01
 # PyTorch INT8 vs its Q/DQ graph (eager2trt.checks.agreement, the rule in checks/agreement_rule.py, measurements in
 # docs/agreement.md). Real images: argmax agreement at least AGREEMENT_MIN (shipped ResNet18, qnnpack: 0.9938), or
 # the distance rule below. Measured with qnnpack on random-init models at 96 px and the trained ResNet18: a faithful

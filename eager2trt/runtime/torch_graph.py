@@ -145,11 +145,22 @@ class TorchGraphRunner:
 
 
 class no_tf32:
-    """float32 matrix products and convolutions in float32 (no TF32) inside the block, as the CPU computes them."""
+    """float32 matrix products and convolutions in float32 (no TF32: cuDNN convolutions default to it) inside the
+    block, as the CPU computes them; PyTorch's newer per-backend precision settings where it has them (mixing them
+    with the legacy allow_tf32 flags is an error there)."""
+
+    FLAGS = ((torch.backends.cudnn, "conv"), (torch.backends.cuda, "matmul"))
 
     def __enter__(self):
-        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+            self.saved = [(getattr(m, a), getattr(m, a).fp32_precision) for m, a in self.FLAGS]
+            for target, _ in self.saved:
+                target.fp32_precision = "ieee"
+        else:
+            self.saved = [(torch.backends.cuda.matmul, torch.backends.cuda.matmul.allow_tf32),
+                          (torch.backends.cudnn, torch.backends.cudnn.allow_tf32)]
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
     def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+        for target, value in self.saved:
+            setattr(target, "fp32_precision" if isinstance(value, str) else "allow_tf32", value)
