@@ -6,7 +6,6 @@ import onnx
 
 from .. import contract
 from ..errors import PipelineError
-from .onnx_utils import load_onnx
 
 FP32_SOURCE = contract.OUTPUT_DIR / contract.FP32_ONNX
 

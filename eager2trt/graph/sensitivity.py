@@ -30,7 +30,6 @@ from tqdm import tqdm
 from ..runtime.backends import graph_runner, ort_session
 from ..errors import PipelineError
 from .onnx_utils import fold_constant_inputs, is_quantized, zero_point
-from .ops import COMPUTE_OPS
 from .placement import _replace_uses, producer
 from .surgery import fold_bias_dequantize, make_tensorrt_ready, remove_qdq_casts
 

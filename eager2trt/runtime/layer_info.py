@@ -16,12 +16,11 @@ A residual Add that TensorRT fused into the convolution before it shows as a con
 (the conv input and the skip); an unfused one runs as its own PointWise layer, e.g. "PWN(Add, Relu)".
 """
 
-import argparse
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import PipelineError, run_cli
+from ..errors import PipelineError
 
 CONVOLUTION = "Convolution"
 POINTWISE = ("PointWise", "ElementWise")
