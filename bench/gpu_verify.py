@@ -100,10 +100,10 @@ def main(args) -> int:
         cmd = [sys.executable, "-m", "bench.gpu_verify", "--child", "--arch", args.arch, "--classes", str(args.classes),
                "--image-size", str(args.image_size), "--runs", run, "--sample", str(args.sample),
                "--workers", str(args.workers), "--batch", str(args.batch)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # its progress shows on stderr
         if done.returncode:
             raise SystemExit(f"the run {run} failed (exit {done.returncode}; negative: killed by that signal, e.g. -9 "
-                             f"out of memory): {done.stderr.strip().splitlines()[-3:]}")
+                             f"out of memory); its error is printed above")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print({k: rows[-1][k] for k in COLUMNS}, flush=True)
     command = " ".join(["python -m bench.gpu_verify", "--arch", args.arch, "--classes", str(args.classes),
