@@ -91,7 +91,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> int:
     if args.child:
-        device, n = args.runs[0].split(":", 1) if args.runs[0].count(":") == 1 else args.runs[0].rsplit(":", 1)
+        device, n = args.runs[0].rsplit(":", 1)  # cuda:1000 and cuda:1:1000 alike
         print(json.dumps(child(args.arch, args.classes, args.image_size, int(n), device, args.sample, args.workers,
                                args.batch)))
         return 0

@@ -127,7 +127,7 @@ class TorchGraphRunner:
 
     name = "pytorch-graph"
 
-    def __init__(self, model: Union[onnx.ModelProto], device: Union[str, torch.device] = "cuda"):
+    def __init__(self, model: onnx.ModelProto, device: Union[str, torch.device] = "cuda"):
         from ..graph.onnx_utils import is_quantized
 
         self.quantized = is_quantized(model)
