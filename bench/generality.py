@@ -129,6 +129,8 @@ def write_results(output_dir: Path, name: str, command: str, rows: list, columns
     write_json(output_dir / f"{name}.json", {"command": command, "environment": env, "rows": rows})
     text = table(rows, columns)
     machine = f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
+    if env.get("gpu"):
+        machine += f", GPU {env['gpu']}"
     with atomic_path(output_dir / f"{name}.md") as tmp_path:
         Path(tmp_path).write_text(f"`{command}` {what}; {machine}\n\n{text}\n")
     return text

@@ -15,10 +15,12 @@ gpu_vs_cpu figures. Writes OUTPUT_DIR/NAME.{json,md}.
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +30,35 @@ from bench.generality import write_results
 from bench.streaming import Synthetic
 from eager2trt.errors import run_cli
 
-COLUMNS = ("device", "images", "seconds", "images_per_second", "peak_rss_mib", "peak_gpu_mib", "fp32", "int8",
-           "export", "exact", "fast", "fp16", "fallback_eval_s", "int8_samples", "gpu_vs_cpu", "checks_passed")
+COLUMNS = ("device", "images", "seconds", "images_per_second", "peak_rss_mib", "rss_last_tenth_mib", "peak_gpu_mib",
+           "fp32", "int8", "export", "exact", "fast", "fp16", "fallback_eval_s", "int8_samples", "gpu_vs_cpu", "checks_passed")
+
+
+class RssTrace:
+    """This process's resident memory every half second while it runs (peak RSS alone cannot tell growth from a
+    one-time high), summarized as the highest figure in each tenth of the run."""
+
+    def __init__(self):
+        self.samples, self._stop = [], threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.wait(0.5):
+            with open("/proc/self/statm") as f:
+                self.samples.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def tenths(self) -> list:
+        n = len(self.samples)
+        return [round(max(self.samples[i * n // 10:max((i + 1) * n // 10, i * n // 10 + 1)])) for i in range(10)] \
+            if n else []
 
 
 def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, workers: int, batch: int) -> dict:
@@ -48,8 +77,9 @@ def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, 
                                          pin_memory=device != "cpu", persistent_workers=workers > 0)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        result = quantize_to_tensorrt(model, calib, out, accuracy_budget=100, data=loader, device=device,
-                                      sample=sample)
+        with RssTrace() as trace:
+            result = quantize_to_tensorrt(model, calib, out, accuracy_budget=100, data=loader, device=device,
+                                          sample=sample)
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         write_fp16(result.paths.fp32_onnx, Path(out) / "fp16.onnx", data=loader, device=device)
@@ -64,6 +94,7 @@ def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, 
     speed = result.tallies["real"].throughput()
     gpu = [c for c in result.checks if c.name == "gpu_vs_cpu"]
     return {"device": device, "images": n, "seconds": seconds, "images_per_second": n / seconds,
+            "rss_tenths_mib": trace.tenths(), "rss_last_tenth_mib": trace.tenths()[-1],
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else 0.0,
             **{k: speed[k]["samples_per_second"] for k in ("fp32", "int8", "export", "exact", "fast")},
@@ -95,7 +126,10 @@ def main(args) -> int:
         print(json.dumps(child(args.arch, args.classes, args.image_size, int(n), device, args.sample, args.workers,
                                args.batch)))
         return 0
-    rows = []
+    command = " ".join(["python -m bench.gpu_verify", "--arch", args.arch, "--classes", str(args.classes),
+                        "--image-size", str(args.image_size), "--runs", *args.runs, "--sample", str(args.sample),
+                        "--batch", str(args.batch)])
+    rows, text = [], ""
     for run in args.runs:
         cmd = [sys.executable, "-m", "bench.gpu_verify", "--child", "--arch", args.arch, "--classes", str(args.classes),
                "--image-size", str(args.image_size), "--runs", run, "--sample", str(args.sample),
@@ -106,13 +140,11 @@ def main(args) -> int:
                              f"out of memory); its error is printed above")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print({k: rows[-1][k] for k in COLUMNS}, flush=True)
-    command = " ".join(["python -m bench.gpu_verify", "--arch", args.arch, "--classes", str(args.classes),
-                        "--image-size", str(args.image_size), "--runs", *args.runs, "--sample", str(args.sample),
-                        "--batch", str(args.batch)])
-    text = write_results(args.output_dir, args.name, command, rows, COLUMNS,
-                         "(seconds and images_per_second: the whole pipeline run; fp32..fp16: each model's own "
-                         "images/s; fallback_eval_s: one graph variant on 1,000 held-out images, the fallback "
-                         "study runs one per layer)")
+        # written after every run, so a long series that is cut off keeps the runs it finished
+        text = write_results(args.output_dir, args.name, command, rows, COLUMNS,
+                             "(seconds and images_per_second: the whole pipeline run; fp32..fp16: each model's own "
+                             "images/s; fallback_eval_s: one graph variant on 1,000 held-out images, the fallback "
+                             "study runs one per layer)")
     print(text)
     return 0
 
