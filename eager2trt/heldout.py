@@ -137,14 +137,30 @@ def held_out(images, labels, data, model: Optional[torch.nn.Module], shape: Opti
     return HeldOut(_ListPairs(images, labels), True, "images", model, shape)
 
 
+EVAL_BATCH = 500  # held-out images per batch where they are small (CIFAR-10's figures were measured so)
+EVAL_BATCH_BYTES = 64 * 2**20  # and fewer where 500 would pass this as float32 (224 px: 111 images)
+
+
+def evaluation_batch_size(sample_shape) -> int:
+    """Held-out images per evaluation batch for samples of `sample_shape`: the CPU runners' memory grows with the
+    batch (onnxruntime's arenas hold a batch's activations; ResNet50 at 224 px, batch 250: 22 GB resident on a
+    16-core host, more than a 24 GiB 2-core machine has)."""
+    per_sample = 4 * int(np.prod(sample_shape))
+    return max(1, min(EVAL_BATCH, EVAL_BATCH_BYTES // per_sample))
+
+
 class SplitBatches:
     """A data set's (images, labels) batches in stored order, read again on every pass: anything with
-    `batches(batch_size)` (a CIFAR-10 Split, an image folder's FolderSplit, whose DataLoader decodes with workers)."""
+    `batches(batch_size)` (a CIFAR-10 Split, an image folder's FolderSplit, whose DataLoader decodes with workers).
+    Without a batch size, evaluation_batch_size of the first image's shape."""
 
-    def __init__(self, split, batch_size: int):
+    def __init__(self, split, batch_size: Optional[int] = None):
         self.split, self.batch_size = split, batch_size
 
     def __iter__(self):
+        if self.batch_size is None:
+            first = next(iter(self.split.batches(1)))[0]
+            self.batch_size = evaluation_batch_size(tuple(first.shape[1:]))
         return iter(self.split.batches(self.batch_size))
 
 

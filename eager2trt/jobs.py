@@ -273,7 +273,7 @@ def job_inputs(opts: JobOptions) -> JobInputs:
     name = default_name(opts, data["cifar10"])
     example = next(iter(data["test"].batches(1)))[0]
     given = calibration_file(opts, tuple(example.shape[1:]))
-    return JobInputs(data, name, ArtifactPaths(opts.output_dir, name), example, SplitBatches(data["test"], 500), given)
+    return JobInputs(data, name, ArtifactPaths(opts.output_dir, name), example, SplitBatches(data["test"]), given)
 
 
 def job_models(opts: JobOptions, inputs: JobInputs) -> JobModels:

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.ao import quantization as tq
 
-from eager2trt.runtime.backends import ort_session
 from eager2trt.runtime.inputs import random_batches
 from graph_checks import onnx_logits, ort_equivalence as equivalence
 from eager2trt.eager import qat

@@ -32,7 +32,7 @@ from torch.ao.quantization import DeQuantStub, QuantStub, fuse_modules
 
 from conftest import DATA_DIR, ROOT
 from eager2trt import inputs, stats
-from eager2trt.artifacts import (RUN_MARKER, atomic_path, check_complete, fresh_run, output_lock, refuse_same_file,
+from eager2trt.artifacts import (RUN_MARKER, check_complete, fresh_run, output_lock, refuse_same_file,
                                  save_onnx, write_json)
 from eager2trt.checks.result import CheckFailed, require
 from eager2trt.eager.data import Split, check_label_set, load_cifar10

@@ -186,3 +186,32 @@ def test_outputs_must_keep_the_batch_dimension(tmp_path):
     with pytest.raises(PipelineError, match=r"^output 1 of the model has shape \(\) for a batch of 4; every output "
                                             r"must keep the batch dimension first"):
         quantize_to_tensorrt(Pooled().eval(), [torch.randn(4, 3, 16, 16)], tmp_path)
+
+
+class _Split:
+    """A split of `n` images of `shape` that records the batch sizes it is asked for."""
+
+    def __init__(self, n: int, shape: tuple):
+        self.n, self.shape, self.asked = n, shape, []
+
+    def batches(self, batch_size: int):
+        self.asked.append(batch_size)
+        for start in range(0, self.n, batch_size):
+            k = min(batch_size, self.n - start)
+            yield torch.zeros(k, *self.shape), torch.zeros(k, dtype=torch.long)
+
+
+def test_evaluation_batches_shrink_for_large_images_only():
+    """CIFAR-10's 32x32 keeps its 500-image batches (its figures were measured so); 224 px takes 64 MiB batches,
+    not 300 MB ones (onnxruntime's arenas grow with the batch: batch 250 ran the 24 GiB machine out of memory)."""
+    from eager2trt.heldout import EVAL_BATCH_BYTES, SplitBatches, evaluation_batch_size
+
+    assert evaluation_batch_size((3, 32, 32)) == 500
+    big = evaluation_batch_size((3, 224, 224))
+    assert big == 111 and big * 3 * 224 * 224 * 4 <= EVAL_BATCH_BYTES < (big + 1) * 3 * 224 * 224 * 4
+    assert evaluation_batch_size((3, 4096, 4096)) == 1
+    split = _Split(250, (3, 224, 224))
+    evaluation = SplitBatches(split)
+    sizes = [len(x) for x, _ in evaluation]
+    assert sizes == [111, 111, 28] and split.asked == [1, 111]
+    assert [len(x) for x, _ in evaluation] == sizes and split.asked == [1, 111, 111]  # sized once, every pass alike

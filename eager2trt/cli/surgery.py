@@ -109,7 +109,7 @@ def rewrite(args) -> pipeline.Graph:
     if args.data_dir is not None and not args.no_verify:
         data = jobs.sized_for_graph(data_options(args), original)
         check_interface(original, num_classes=jobs.class_count(data), name=str(args.input))
-        evaluation = SplitBatches(jobs.load_data(data)["test"], 500)  # streamed, read on each pass
+        evaluation = SplitBatches(jobs.load_data(data)["test"])  # streamed, read on each pass
         torchscript = beside_input(args, args.torchscript, contract.INT8_TORCHSCRIPT) if fast else None
         reference = jobs.pytorch_reference(torchscript) if torchscript else None
     fp32 = beside_input(args, args.fp32, contract.FP32_ONNX) if fast else None  # float biases; the error ratio

@@ -19,6 +19,7 @@ from ..checks.result import Check, require
 from ..reports.console import print_checks
 from ..runtime.backends import OnnxRunner, TensorRTRunner, evaluate
 from ..calib_files import LabelledBatches, check_calibration_paths, load_script_data
+from ..heldout import evaluation_batch_size
 from ..jobs import DataOptions, class_count, load_data, sized_for_graph
 from .data_args import add_data_args, check_data_args, data_options
 from ..graph.onnx_utils import check_interface, load_onnx
@@ -39,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"{{'{contract.INPUT_NAME}': float32 NCHW array}} and labels one class index per sample "
                         f"(Polygraphy's convention; docs/data.md), instead of --data-dir")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="default: the engine profile's largest batch up to 256; 500 for ONNX")
+                   help="default: the engine profile's largest batch up to 256; for ONNX 500, fewer for large images "
+                        "(64 MiB of float32 input: 111 at 224 px)")
     p.add_argument("--reference", choices=["auto", "int8", "fp32", "none"], default="auto",
                    help="PyTorch accuracy to match within 0.1 points; auto: int8 when the model is quantized "
                         "(Q/DQ nodes or INT8 layers), else fp32")
@@ -105,7 +107,10 @@ def run_validation(args) -> Optional[Check]:
         check_interface(graph, num_classes=classes, name=str(args.onnx))
     print_io(runner.describe())
     test = test_data(data, args.data_loader_script)
-    ev = evaluate(runner, test, args.batch_size or runner.default_batch())
+    batch = args.batch_size or runner.default_batch()
+    if args.onnx is not None and not args.batch_size:  # onnxruntime's memory grows with the batch (heldout.py)
+        batch = min(batch, evaluation_batch_size(image_shape(test)))
+    ev = evaluate(runner, test, batch)
     print(f"{runner.name} accuracy of {model_path.name} on {len(test)} test images: {ev.accuracy:.4f}")
     result = {"backend": runner.name, "model": str(model_path), "accuracy": ev.accuracy, "samples": len(test),
               "quantized": runner.quantized}
