@@ -17,10 +17,12 @@ from typing import Union
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import torch
 from onnx import numpy_helper
 
 from ..errors import PipelineError
+from ..graph.onnx_utils import fold_constant_inputs, is_quantized
 from .inputs import as_args, as_outputs
 
 
@@ -72,20 +74,15 @@ def _register() -> None:
 def fold_constant_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose DequantizeLinear nodes on initializers (weights, biases) are float32 initializers,
     computed as onnxruntime does: (q - zero_point) * scale, per axis where the scale is a vector."""
-    import onnx_graphsurgeon as gs
-
-    # the exporter's Constant/ConstantOfShape/Cast chains (zero points) folded by onnxruntime itself
-    model = gs.export_onnx(gs.import_onnx(model).fold_constants().cleanup())
+    # the exporter's Constant nodes lowered to initializers and its ConstantOfShape/Cast chains (zero points)
+    # folded by onnxruntime itself; Q/DQ are left for the loop below
+    graph = gs.import_onnx(model)
+    fold_constant_inputs(graph)
+    model = gs.export_onnx(graph)
     graph = model.graph
-    for node in graph.node:  # the exporter's Constant nodes (scales, zero points) as initializers
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            graph.initializer.append(onnx.TensorProto.FromString(node.attribute[0].t.SerializeToString()))
-            graph.initializer[-1].name = node.output[0]
     inits = {i.name: i for i in graph.initializer}
     keep = []
     for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] in inits:
-            continue
         if node.op_type != "DequantizeLinear" or not all(n in inits for n in node.input if n):
             keep.append(node)
             continue
@@ -96,7 +93,7 @@ def fold_constant_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
             shape[axis % q.ndim] = -1
         q = q.astype(np.int32) - (zp[0].astype(np.int32).reshape(shape) if zp else 0)
         value = q.astype(np.float32) * scale.astype(np.float32).reshape(shape)
-        graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
+        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
     del graph.node[:]
     graph.node.extend(keep)
     used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
@@ -128,8 +125,6 @@ class TorchGraphRunner:
     name = "pytorch-graph"
 
     def __init__(self, model: onnx.ModelProto, device: Union[str, torch.device] = "cuda"):
-        from ..graph.onnx_utils import is_quantized
-
         self.quantized = is_quantized(model)
         self.device = torch.device(device)
         self.module = to_torch(model).to(self.device)
