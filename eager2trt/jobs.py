@@ -29,7 +29,7 @@ from .eager.model import build_model, build_user_model, load_state_dict
 from .errors import PipelineError
 from .inputs import check_model
 from .eager.requantize import load_int8_model
-from .heldout import SplitBatches
+from .heldout import SplitBatches, evaluation_batch_size
 from .eager.train import Recipe, check_trained, seed_everything, train
 from .pipeline import GPU_SAMPLE, PipelineResult, QuantizeConfig, quantize_to_tensorrt, write_fp16
 from .reports import metrics
@@ -273,7 +273,8 @@ def job_inputs(opts: JobOptions) -> JobInputs:
     name = default_name(opts, data["cifar10"])
     example = next(iter(data["test"].batches(1)))[0]
     given = calibration_file(opts, tuple(example.shape[1:]))
-    return JobInputs(data, name, ArtifactPaths(opts.output_dir, name), example, SplitBatches(data["test"]), given)
+    evaluation = SplitBatches(data["test"], evaluation_batch_size(tuple(example.shape[1:])))  # sized from the image read above
+    return JobInputs(data, name, ArtifactPaths(opts.output_dir, name), example, evaluation, given)
 
 
 def job_models(opts: JobOptions, inputs: JobInputs) -> JobModels:

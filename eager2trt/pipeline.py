@@ -672,8 +672,9 @@ def fallback_graph(export: onnx.ModelProto, fp32_onnx: onnx.ModelProto, holdout:
     graph.model = fb.model
     graph.performance = performance_summary(fb.model)
     graph.checks = lint_checks(lint(fb.model, performance="warning")) + [searched]
-    graph.accuracy = score(run_together({"fallback": graph_runner(graph.model, inputs.device)}, inputs.real, [], inputs.metric,
-                                        desc="fallback graph (real)"), "fallback")
+    runner = {"fallback": graph_runner(graph.model, inputs.device)}  # on the GPU without a CPU twin: no sample
+    graph.accuracy = score(run_together(runner, inputs.real, [], inputs.metric, desc="fallback graph (real)"),
+                           "fallback")
     guard = accuracy_guard("fallback_graph_accuracy", graph.accuracy, fp32_accuracy, budget,
                            f"the fallback graph ({len(fb.kept)} layers kept in float, chosen on held-out training "
                            f"images; held to FP32, not PyTorch INT8)")
