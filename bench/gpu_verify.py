@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,11 +26,12 @@ from pathlib import Path
 import torch
 
 from bench.generality import write_results
-from bench.streaming import Synthetic
-from eager2trt.errors import run_cli
+from bench.streaming import Synthetic, model_and_calibration, run_child, scale_parser
+from eager2trt.errors import PipelineError, run_cli
 
 COLUMNS = ("device", "images", "seconds", "images_per_second", "peak_rss_mib", "rss_last_tenth_mib", "peak_gpu_mib",
-           "fp32", "int8", "export", "exact", "fast", "fp16", "fallback_eval_s", "int8_samples", "gpu_vs_cpu", "checks_passed")
+           "fp32", "int8", "export", "exact", "fast", "fp16", "fallback_eval_s", "int8_samples", "gpu_vs_cpu",
+           "checks_passed")
 
 
 class RssTrace:
@@ -43,9 +43,11 @@ class RssTrace:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self):
-        while not self._stop.wait(0.5):
+        while True:  # one sample at the start, so even a run shorter than the interval has a figure
             with open("/proc/self/statm") as f:
                 self.samples.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
+            if self._stop.wait(0.5):
+                return
 
     def __enter__(self):
         self._thread.start()
@@ -57,22 +59,18 @@ class RssTrace:
 
     def tenths(self) -> list:
         n = len(self.samples)
-        return [round(max(self.samples[i * n // 10:max((i + 1) * n // 10, i * n // 10 + 1)])) for i in range(10)] \
-            if n else []
+        ends = [i * n // 10 for i in range(11)]  # a tenth of under one sample takes the sample at its start
+        return [round(max(self.samples[a:max(b, a + 1)])) for a, b in zip(ends, ends[1:])]
 
 
 def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, workers: int, batch: int) -> dict:
     """One run in this process: the pipeline's verification on `n` images on `device`, then FP16 and one
     fallback-study evaluation."""
-    from eager2trt.eager.model import build_model
     from eager2trt.graph.onnx_utils import load_onnx
     from eager2trt.graph.sensitivity import Evaluator
     from eager2trt.pipeline import quantize_to_tensorrt, write_fp16
 
-    torch.manual_seed(0)
-    model = build_model(arch, classes)
-    shape = (3, size, size)
-    calib = [torch.randn(32, *shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(4)]
+    model, shape, calib = model_and_calibration(arch, classes, size)
     loader = torch.utils.data.DataLoader(Synthetic(n, shape, classes), batch_size=batch, num_workers=workers,
                                          pin_memory=device != "cpu", persistent_workers=workers > 0)
     t0 = time.perf_counter()
@@ -93,8 +91,9 @@ def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, 
         fallback_eval = time.perf_counter() - t2
     speed = result.tallies["real"].throughput()
     gpu = [c for c in result.checks if c.name == "gpu_vs_cpu"]
+    tenths = trace.tenths()
     return {"device": device, "images": n, "seconds": seconds, "images_per_second": n / seconds,
-            "rss_tenths_mib": trace.tenths(), "rss_last_tenth_mib": trace.tenths()[-1],
+            "rss_tenths_mib": tenths, "rss_last_tenth_mib": tenths[-1],
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else 0.0,
             **{k: speed[k]["samples_per_second"] for k in ("fp32", "int8", "export", "exact", "fast")},
@@ -105,25 +104,28 @@ def child(arch: str, classes: int, size: int, n: int, device: str, sample: int, 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="resnet50", help="torchvision quantizable model (default: resnet50)")
-    p.add_argument("--classes", type=int, default=1000, help="classifier width (default: 1000, ImageNet's)")
-    p.add_argument("--image-size", type=int, default=224, help="square image size (default: 224)")
+    p = scale_parser(__doc__, "resnet50", 224, "gpu_verify_h100")
     p.add_argument("--runs", nargs="+", default=["cpu:500", "cuda:1000", "cuda:50000"],
                    help="DEVICE:IMAGES per run (default: cpu:500 cuda:1000 cuda:50000)")
     p.add_argument("--sample", type=int, default=1000, help="the CPU sample beside a GPU (default: 1000)")
     p.add_argument("--workers", type=int, default=6, help="DataLoader workers (default: 6)")
     p.add_argument("--batch", type=int, default=250, help="held-out batch size (default: 250)")
-    p.add_argument("--output-dir", type=Path, default=Path("bench/results"))
-    p.add_argument("--name", default="gpu_verify_h100", help="file stem of the .json and .md")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
+def parse_run(run: str) -> tuple:
+    """DEVICE:IMAGES as (device, images): cuda:1000 and cuda:1:1000 alike; one sentence otherwise."""
+    device, _, n = run.rpartition(":")
+    if not device or not n.isdigit() or int(n) < 1:
+        raise PipelineError(f"--runs {run!r} is not DEVICE:IMAGES; pass e.g. cpu:300 cuda:1000 cuda:50000")
+    return device, int(n)
+
+
 def main(args) -> int:
+    runs = [parse_run(r) for r in args.runs]  # all of them before the first run starts
     if args.child:
-        device, n = args.runs[0].rsplit(":", 1)  # cuda:1000 and cuda:1:1000 alike
-        print(json.dumps(child(args.arch, args.classes, args.image_size, int(n), device, args.sample, args.workers,
+        device, n = runs[0]
+        print(json.dumps(child(args.arch, args.classes, args.image_size, n, device, args.sample, args.workers,
                                args.batch)))
         return 0
     command = " ".join(["python -m bench.gpu_verify", "--arch", args.arch, "--classes", str(args.classes),
@@ -131,14 +133,10 @@ def main(args) -> int:
                         "--batch", str(args.batch)])
     rows, text = [], ""
     for run in args.runs:
-        cmd = [sys.executable, "-m", "bench.gpu_verify", "--child", "--arch", args.arch, "--classes", str(args.classes),
-               "--image-size", str(args.image_size), "--runs", run, "--sample", str(args.sample),
-               "--workers", str(args.workers), "--batch", str(args.batch)]
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # its progress shows on stderr
-        if done.returncode:
-            raise SystemExit(f"the run {run} failed (exit {done.returncode}; negative: killed by that signal, e.g. -9 "
-                             f"out of memory); its error is printed above")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows.append(run_child("bench.gpu_verify", ["--arch", args.arch, "--classes", args.classes, "--image-size",
+                                                   args.image_size, "--runs", run, "--sample", args.sample,
+                                                   "--workers", args.workers, "--batch", args.batch],
+                              f"the run {run}"))
         print({k: rows[-1][k] for k in COLUMNS}, flush=True)
         # written after every run, so a long series that is cut off keeps the runs it finished
         text = write_results(args.output_dir, args.name, command, rows, COLUMNS,

@@ -41,15 +41,22 @@ class Synthetic(torch.utils.data.Dataset):
         return torch.randn(*self.shape, generator=g), int(torch.randint(self.classes, (1,), generator=g))
 
 
-def child(arch: str, classes: int, size: int, n: int, way: str) -> dict:
-    """One run in this process: the pipeline's verification on `n` images, streamed or held."""
+def model_and_calibration(arch: str, classes: int, size: int) -> tuple:
+    """A torchvision quantizable model with seeded random weights, its input CHW, and 4 seeded calibration batches
+    of 32."""
     from eager2trt.eager.model import build_model
-    from eager2trt.pipeline import quantize_to_tensorrt
 
     torch.manual_seed(0)
-    model = build_model(arch, classes)
     shape = (3, size, size)
     calib = [torch.randn(32, *shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(4)]
+    return build_model(arch, classes), shape, calib
+
+
+def child(arch: str, classes: int, size: int, n: int, way: str) -> dict:
+    """One run in this process: the pipeline's verification on `n` images, streamed or held."""
+    from eager2trt.pipeline import quantize_to_tensorrt
+
+    model, shape, calib = model_and_calibration(arch, classes, size)
     loader = torch.utils.data.DataLoader(Synthetic(n, shape, classes), batch_size=100)
     held = {"data": loader} if way == "streamed" else dict(zip(("images", "labels"), _held(loader)))
     t0 = time.perf_counter()
@@ -66,17 +73,35 @@ def _held(loader) -> tuple:
     return [x for x, _ in pairs], torch.cat([y for _, y in pairs])
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="resnet18", help="torchvision quantizable model (default: resnet18)")
+def scale_parser(doc: str, arch: str, image_size: int, name: str) -> argparse.ArgumentParser:
+    """The arguments every verification-at-scale bench takes (this one's and bench.gpu_verify's): the model, its
+    classes and image size, where the results go, and --child (one run, in the fresh process run_child starts)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default=arch, help=f"torchvision quantizable model (default: {arch})")
     p.add_argument("--classes", type=int, default=1000, help="classifier width (default: 1000, ImageNet's)")
-    p.add_argument("--image-size", type=int, default=64, help="square image size (default: 64)")
+    p.add_argument("--image-size", type=int, default=image_size, help=f"square image size (default: {image_size})")
+    p.add_argument("--output-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--name", default=name, help=f"file stem of the .json and .md (default: {name})")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def run_child(module: str, argv: list, what: str) -> dict:
+    """One run in a fresh process, as peak RSS is per process: `python -m MODULE --child ARGV`, its progress and
+    errors shown on stderr; returns the dict its last line of output prints."""
+    done = subprocess.run([sys.executable, "-m", module, "--child", *map(str, argv)], stdout=subprocess.PIPE,
+                          text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{what} failed (exit {done.returncode}; negative: killed by that signal, e.g. -9 out of "
+                         f"memory); its error is printed above")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = scale_parser(__doc__, "resnet18", 64, "streaming_cpu2")
     p.add_argument("--sizes", type=int, nargs="+", default=[500, 5000], help="held-out images per run")
     p.add_argument("--ways", nargs="+", default=["streamed", "held"], choices=["streamed", "held"])
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run (default: 2)")
-    p.add_argument("--output-dir", type=Path, default=Path("bench/results"))
-    p.add_argument("--name", default="streaming_cpu2", help="file stem of the .json and .md (default: streaming_cpu2)")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -88,13 +113,9 @@ def main(args) -> int:
     rows = []
     for way in args.ways:
         for n in args.sizes:
-            cmd = [sys.executable, "-m", "bench.streaming", "--child", "--arch", args.arch, "--classes",
-                   str(args.classes), "--image-size", str(args.image_size), "--sizes", str(n), "--ways", way,
-                   "--threads", str(args.threads)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode:
-                raise SystemExit(f"the {way} run on {n} images failed: {done.stderr.strip().splitlines()[-1:]}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.append(run_child("bench.streaming", ["--arch", args.arch, "--classes", args.classes, "--image-size",
+                                                      args.image_size, "--sizes", n, "--ways", way, "--threads",
+                                                      args.threads], f"the {way} run on {n} images"))
             print(rows[-1], flush=True)
     command = " ".join(["python -m bench.streaming", "--arch", args.arch, "--classes", str(args.classes),
                         "--image-size", str(args.image_size), "--sizes", *map(str, args.sizes)])

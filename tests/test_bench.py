@@ -75,3 +75,20 @@ def test_matrix_pairs_two_graphs_on_the_same_images():
     assert matrix.paired(a, b) == {"only_this_right": 9, "only_ours_right": 1, "p_value": 22 / 1024}
     c = np.array([True, True, True, False, False]), np.array([False, False, False, True, True])
     assert matrix.paired(*c)["p_value"] == 1.0 and matrix.paired(a, a)["p_value"] == 1.0
+
+
+def test_gpu_verify_runs_a_child_per_run_and_refuses_a_bad_run_in_one_sentence(tmp_path):
+    """bench.gpu_verify end to end on a tiny CPU run (the child process, the RSS trace, the table), and a --runs
+    value that is not DEVICE:IMAGES told before any run starts."""
+    proc = run_script("-m", "bench.gpu_verify", "--arch", "resnet18", "--classes", 10, "--image-size", 32,
+                      "--runs", "cpu:40", "--batch", 20, "--workers", 0, "--sample", 20, "--output-dir", tmp_path,
+                      "--name", "t")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "t.json").read_text())["rows"][0]
+    assert (row["device"], row["images"], row["int8_samples"]) == ("cpu", 40, 40)
+    assert len(row["rss_tenths_mib"]) == 10 and row["rss_last_tenth_mib"] == row["rss_tenths_mib"][-1] > 0
+    passed, total = map(int, row["checks_passed"].split("/"))
+    assert passed == total
+    bad = run_script("-m", "bench.gpu_verify", "--runs", "cpu:40", "cuda:many", "--output-dir", tmp_path / "bad")
+    assert bad.returncode != 0 and "--runs 'cuda:many' is not DEVICE:IMAGES" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
